@@ -1,0 +1,7 @@
+//! Support code for the scenario tests: a tiny A64 instruction encoder for hand-assembled
+//! guests (portable, unit-tested on any host) and, on aarch64, a minimal KVM VM fixture.
+
+pub mod a64;
+
+#[cfg(target_arch = "aarch64")]
+pub mod kvm_fixture;

@@ -1,0 +1,212 @@
+//! Developer tasks for the vmm workspace. See docs/testing.md.
+//!
+//! - `cargo xtask test`: the one test command (unit, cross, emulated layers).
+//! - `cargo xtask host`: one emulated Arm64 KVM host running a command.
+//! - `cargo xtask pair`: two linked emulated hosts of different CPU generations.
+//! - `cargo xtask artifacts`: build (or verify) the cached test artifacts and print their paths.
+
+mod artifacts;
+mod cache;
+mod cpio;
+mod cross;
+mod debian;
+mod kmod;
+mod layers;
+mod qemu;
+mod setup;
+mod sh;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Developer tasks for vmm")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Run every test layer: unit (host), cross (aarch64 build + clippy), emulated (KVM).
+    Test {
+        /// Run only these layers.
+        #[arg(long, value_parser = ["unit", "cross", "emulated"])]
+        layer: Vec<String>,
+        /// Time limit of each emulated host, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
+    /// Boot one emulated Arm64 KVM host and run COMMAND in it as root.
+    Host {
+        #[command(flatten)]
+        machine: Machine,
+        /// CPU model (a CPU generation).
+        #[arg(long, default_value = "max", value_parser = qemu::parse_cpu)]
+        cpu: String,
+        /// Counter frequency in Hz (CNTFRQ), instead of the model's default.
+        #[arg(long)]
+        cntfrq: Option<u64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Boot two emulated hosts joined by a virtual link and run a command in each.
+    ///
+    /// Inside each host, SELF_ADDR and PEER_ADDR give the two link addresses.
+    Pair {
+        #[command(flatten)]
+        machine: Machine,
+        /// CPU model of host a.
+        #[arg(long, default_value = "neoverse-n1", value_parser = qemu::parse_cpu)]
+        cpu_a: String,
+        /// CPU model of host b.
+        #[arg(long, default_value = "neoverse-v1", value_parser = qemu::parse_cpu)]
+        cpu_b: String,
+        /// Counter frequency of host a, in Hz.
+        #[arg(long)]
+        cntfrq_a: Option<u64>,
+        /// Counter frequency of host b, in Hz.
+        #[arg(long)]
+        cntfrq_b: Option<u64>,
+        /// Shell command for host a.
+        #[arg(long = "a", value_name = "COMMAND")]
+        cmd_a: String,
+        /// Shell command for host b.
+        #[arg(long = "b", value_name = "COMMAND")]
+        cmd_b: String,
+    },
+    /// Build (or verify) the cached artifacts and print their paths.
+    Artifacts,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Machine {
+    /// Number of CPUs of the emulated host.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    smp: u32,
+    /// Memory of the emulated host, in MiB.
+    #[arg(long, default_value_t = 3072, value_parser = clap::value_parser!(u32).range(512..=16384))]
+    mem: u32,
+    /// Count instructions for time (-icount), for repeatable timing.
+    #[arg(long)]
+    icount: bool,
+    /// Time limit in seconds; the host is stopped after it.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+}
+
+fn host_payload() -> Result<qemu::Payload> {
+    setup::ensure_rust()?;
+    let vmm = cross::build_vmm()?;
+    Ok(qemu::Payload { files: vec![("usr/local/bin/vmm".into(), vmm, 0o755)], env: Vec::new() })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.task {
+        Task::Test { layer, timeout } => {
+            let want = |l: &str| layer.is_empty() || layer.iter().any(|x| x == l);
+            let mut failed = false;
+            let mut lines = Vec::new();
+            if want("unit") {
+                let t = layers::unit()?;
+                failed |= t.failed > 0;
+                lines.push(("unit", t));
+            }
+            if want("cross") {
+                let t = layers::cross_layer()?;
+                failed |= t.failed > 0;
+                lines.push(("cross", t));
+            }
+            if want("emulated") {
+                let t = layers::emulated(Duration::from_secs(timeout))?;
+                failed |= t.failed > 0 || t.passed == 0;
+                lines.push(("emulated", t));
+            }
+            println!("\n== summary ==");
+            let mut total = layers::Tally::default();
+            for (name, t) in &lines {
+                println!("{name}: {} passed, {} failed", t.passed, t.failed);
+                total.passed += t.passed;
+                total.failed += t.failed;
+            }
+            println!("total: {} passed, {} failed", total.passed, total.failed);
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Task::Host { machine, cpu, cntfrq, command } => {
+            let cache = cache::Cache::open()?;
+            let art = artifacts::ensure(&cache)?;
+            let payload = host_payload()?;
+            let spec = qemu::HostSpec {
+                name: "vmm-host".into(),
+                cpu,
+                cntfrq,
+                smp: machine.smp,
+                mem_mib: machine.mem,
+                icount: machine.icount,
+                timeout: Duration::from_secs(machine.timeout),
+                link: None,
+            };
+            let script: Vec<String> = command.iter().map(|w| sh::shell_quote(w)).collect();
+            let mut sink = |l: &str| println!("{l}");
+            let out = qemu::run(&spec, &art, &payload, &(script.join(" ") + "\n"), &mut sink)?;
+            Ok(exit_code(out.status))
+        }
+        Task::Pair { machine, cpu_a, cpu_b, cntfrq_a, cntfrq_b, cmd_a, cmd_b } => {
+            let cache = cache::Cache::open()?;
+            let art = artifacts::ensure(&cache)?;
+            let payload = host_payload()?;
+            let (pa, pb) = qemu::free_udp_ports()?;
+            let (a, b) = layers::pair_specs(
+                (&cpu_a, cntfrq_a),
+                (&cpu_b, cntfrq_b),
+                machine.smp,
+                machine.mem,
+                machine.icount,
+                Duration::from_secs(machine.timeout),
+                pa,
+                pb,
+            );
+            let [ra, rb] = qemu::run_pair([a, b], &art, &payload, [&(cmd_a + "\n"), &(cmd_b + "\n")])?;
+            let (ra, rb) = (ra?, rb?);
+            println!("a exited {}, b exited {}", ra.status, rb.status);
+            Ok(exit_code(if ra.status != 0 { ra.status } else { rb.status }))
+        }
+        Task::Artifacts => {
+            let cache = cache::Cache::open()?;
+            let a = artifacts::ensure(&cache)?;
+            println!("host kernel   {}", a.host_kernel.display());
+            println!("host initrd   {}", a.host_initrd.display());
+            println!("guest kernel  {}", a.guest_kernel.display());
+            println!("guest initrd  {}", a.guest_initrd.display());
+            println!("guest rootfs  {}", a.guest_rootfs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
