@@ -377,6 +377,9 @@ fn build_host(
             add_tree_path(&mut a, &all, &exe, &mut seen)?;
         }
     }
+    if a.contains("bin/bash") {
+        a.symlink("bin/sh", "bash");
+    }
     add_modules(&mut a, &modules, HOST_MODULES)?;
     fs::write(out.path().join("base.cpio.gz"), gzip(&a)?)?;
     Ok(out)

@@ -114,7 +114,13 @@ impl Cache {
         let parent = self.root.join("artifacts");
         fs::create_dir_all(&parent)?;
         let dir = parent.join(format!("{name}-{}", &key[..16]));
-        let _ = fs::remove_dir_all(&dir);
+        // Older builds of the same artifact are superseded.
+        for e in fs::read_dir(&parent)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.strip_prefix(name).and_then(|r| r.strip_prefix('-')).is_some_and(|k| k.len() == 16) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         fs::rename(built.path(), &dir)
             .with_context(|| format!("cannot publish {}", dir.display()))?;
         std::mem::forget(built);

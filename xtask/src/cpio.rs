@@ -63,7 +63,6 @@ impl Archive {
     }
 
     /// Whether a path is present.
-    #[cfg(test)]
     pub fn contains(&self, path: &str) -> bool {
         self.nodes.contains_key(path.trim_start_matches('/'))
     }

@@ -144,6 +144,7 @@ pub fn adopt_downloads(from: &Path, to: &Path, wanted: &[&Package]) -> Result<()
 
 /// Unpacks a .deb into a folder.
 pub fn unpack(deb: &Path, into: &Path) -> Result<()> {
+    fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
     run(cmd("dpkg-deb", ["-x"]).arg(deb).arg(into))
 }
 

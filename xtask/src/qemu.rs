@@ -98,7 +98,9 @@ fn build_initrd(spec: &HostSpec, art: &Artifacts, payload: &Payload, script: &st
     let mut out = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     for part in [&art.host_initrd, &art.guest_bundle] {
         let mut f = fs::File::open(part).with_context(|| format!("cannot open {}", part.display()))?;
-        std::io::copy(&mut f, &mut out)?;
+        let n = std::io::copy(&mut f, &mut out)?;
+        // The kernel reads an uncompressed archive only at a 4-byte boundary, and skips zeros.
+        out.write_all(&[0u8; 3][..((4 - n % 4) % 4) as usize])?;
     }
     let mut a = Archive::new();
     for (inside, from, mode) in &payload.files {
@@ -222,8 +224,13 @@ fn run_booted(spec: &HostSpec, art: &Artifacts, initrd: &Path, marker: &str, sin
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Event::Line(l)) => {
-                if let Some(rc) = l.strip_prefix(&exit_tag) {
+                if let Some((before, rc)) = l.split_once(&exit_tag) {
+                    if !before.is_empty() {
+                        sink(before);
+                    }
                     status = rc.trim().parse().ok();
+                } else if status.is_some() && l.ends_with("reboot: Power down") {
+                    // The host's own shutdown message, after the command finished.
                 } else {
                     panicked |= l.contains("Kernel panic");
                     sink(&l);
