@@ -203,14 +203,20 @@ fn two_host_link(art: &Artifacts, timeout: Duration) -> bool {
     let result = (|| -> Result<bool> {
         let (pa, pb) = qemu::free_udp_ports()?;
         let (a, b) = pair_specs(("neoverse-n1", None), ("neoverse-v1", Some(1_000_000_000)), 1, 1024, false, timeout, pa, pb);
-        let check = |part: &str, mhz: &str| {
+        // Each host checks its own CPU and counter, waits for the link, then they exchange a
+        // message over TCP; the listener waits for the sender, so neither powers off early.
+        let check = |part: &str, mhz: &str, exchange: &str| {
             format!(
                 "set -e\ngrep -q 'CPU part.*: {part}' /proc/cpuinfo\n\
                  dmesg | grep -q 'arch_timer.*running at {mhz}MHz'\n\
-                 ping -c 3 -w 120 \"$PEER_ADDR\"\necho \"$(hostname): cpu {part}, {mhz} MHz, peer reached\"\n"
+                 for i in $(seq 120); do ping -c 1 -W 1 \"$PEER_ADDR\" >/dev/null && break; done\n\
+                 ping -c 1 -W 5 \"$PEER_ADDR\" >/dev/null\n{exchange}\n\
+                 echo \"$(hostname): cpu {part}, {mhz} MHz, link to $PEER_ADDR ok\"\n"
             )
         };
-        let (sa, sb) = (check("0xd0c", "62.50"), check("0xd40", "1000.00"));
+        let listen = "got=$(timeout 300 socat -u TCP-LISTEN:7000,reuseaddr -)\n[ \"$got\" = \"hello from b\" ]";
+        let send = "for i in $(seq 300); do echo 'hello from b' | socat -u - TCP:$PEER_ADDR:7000 2>/dev/null && break; sleep 1; done\n[ $i -lt 300 ]";
+        let (sa, sb) = (check("0xd0c", "62.50", listen), check("0xd40", "1000.00", send));
         let [ra, rb] = qemu::run_pair([a, b], art, &Payload::default(), [&sa, &sb])?;
         Ok(ra?.status == 0 && rb?.status == 0)
     })();
