@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn constants_take_only_needed_halves() {
-        assert_eq!(mov_imm64(0, PSCI_SYSTEM_OFF), vec![0xd280_0100, 0xf2b0_8000]);
+        assert_eq!(
+            mov_imm64(0, PSCI_SYSTEM_OFF),
+            vec![0xd280_0100, 0xf2b0_8000]
+        );
         assert_eq!(mov_imm64(5, 0).len(), 1);
         assert_eq!(mov_imm64(1, u64::MAX).len(), 4);
         assert_eq!(to_bytes(&[0x1122_3344]), vec![0x44, 0x33, 0x22, 0x11]);

@@ -34,11 +34,18 @@ impl TestVm {
         let kvm = Kvm::new().expect("open /dev/kvm");
         let vm = kvm.create_vm().expect("KVM_CREATE_VM");
         let mem: GuestMemoryMmap =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), size as usize)]).expect("guest memory");
-        let host = mem.get_host_address(GuestAddress(RAM_BASE)).expect("host address");
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), size as usize)])
+                .expect("guest memory");
+        let host = mem
+            .get_host_address(GuestAddress(RAM_BASE))
+            .expect("host address");
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: if log_dirty { kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: RAM_BASE,
             memory_size: size,
             userspace_addr: host as u64,
@@ -47,10 +54,17 @@ impl TestVm {
         unsafe { vm.set_user_memory_region(region) }.expect("KVM_SET_USER_MEMORY_REGION");
         let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
         let mut kvi = kvm_vcpu_init::default();
-        vm.get_preferred_target(&mut kvi).expect("KVM_ARM_PREFERRED_TARGET");
+        vm.get_preferred_target(&mut kvi)
+            .expect("KVM_ARM_PREFERRED_TARGET");
         kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
         vcpu.vcpu_init(&kvi).expect("KVM_ARM_VCPU_INIT");
-        Self { kvm, vm, vcpu, mem, size }
+        Self {
+            kvm,
+            vm,
+            vcpu,
+            mem,
+            size,
+        }
     }
 
     /// Writes a program at the start of RAM and points the PC at it.
@@ -63,7 +77,9 @@ impl TestVm {
 
     /// Sets a 64-bit register through ONE_REG.
     pub fn set_reg(&self, id: u64, value: u64) {
-        self.vcpu.set_one_reg(id, &value.to_le_bytes()).expect("KVM_SET_ONE_REG");
+        self.vcpu
+            .set_one_reg(id, &value.to_le_bytes())
+            .expect("KVM_SET_ONE_REG");
     }
 
     /// Reads a 64-bit register through ONE_REG.
@@ -75,7 +91,10 @@ impl TestVm {
 
     /// Pages of slot 0 that KVM reports dirty since the last call (the call clears them).
     pub fn dirty_pages(&self) -> Vec<u64> {
-        let bitmap = self.vm.get_dirty_log(0, self.size as usize).expect("KVM_GET_DIRTY_LOG");
+        let bitmap = self
+            .vm
+            .get_dirty_log(0, self.size as usize)
+            .expect("KVM_GET_DIRTY_LOG");
         let mut pages = Vec::new();
         for (w, word) in bitmap.iter().enumerate() {
             for bit in 0..64 {

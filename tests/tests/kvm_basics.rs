@@ -46,10 +46,22 @@ fn mmio_write_and_read_exits_carry_address_and_data() {
     t.set_reg(xreg_id(1), MMIO_BASE);
     t.set_reg(xreg_id(2), 0x1122_3344_5566_7788);
 
-    assert_eq!(run_once(&mut t, 0), Exit::Write(MMIO_BASE, 0x1122_3344_5566_7788u64.to_le_bytes().to_vec()));
-    assert_eq!(run_once(&mut t, 0xdead_beef_cafe_f00d), Exit::Read(MMIO_BASE + 8, 8));
+    assert_eq!(
+        run_once(&mut t, 0),
+        Exit::Write(MMIO_BASE, 0x1122_3344_5566_7788u64.to_le_bytes().to_vec())
+    );
+    assert_eq!(
+        run_once(&mut t, 0xdead_beef_cafe_f00d),
+        Exit::Read(MMIO_BASE + 8, 8)
+    );
     // The value the VMM supplied reached the guest register.
-    assert_eq!(run_once(&mut t, 0), Exit::Write(MMIO_BASE + 16, 0xdead_beef_cafe_f00du64.to_le_bytes().to_vec()));
+    assert_eq!(
+        run_once(&mut t, 0),
+        Exit::Write(
+            MMIO_BASE + 16,
+            0xdead_beef_cafe_f00du64.to_le_bytes().to_vec()
+        )
+    );
     assert_eq!(t.get_reg(xreg_id(3)), 0xdead_beef_cafe_f00d);
     assert_eq!(run_once(&mut t, 0), Exit::System(KVM_SYSTEM_EVENT_SHUTDOWN));
 }
@@ -77,7 +89,11 @@ fn dirty_log_reports_exactly_the_pages_the_guest_wrote() {
 
     assert!(matches!(run_once(&mut t, 0), Exit::Write(a, _) if a == MMIO_BASE));
     assert_eq!(t.dirty_pages(), vec![5, 17, 200]);
-    assert_eq!(t.dirty_pages(), Vec::<u64>::new(), "reading the log clears it");
+    assert_eq!(
+        t.dirty_pages(),
+        Vec::<u64>::new(),
+        "reading the log clears it"
+    );
 
     assert_eq!(run_once(&mut t, 0), Exit::System(KVM_SYSTEM_EVENT_SHUTDOWN));
     assert_eq!(t.dirty_pages(), vec![5, 42]);
@@ -85,10 +101,17 @@ fn dirty_log_reports_exactly_the_pages_the_guest_wrote() {
 
 #[test]
 fn psci_system_off_and_reset_arrive_as_system_events() {
-    for (function, event) in [(PSCI_SYSTEM_OFF, KVM_SYSTEM_EVENT_SHUTDOWN), (PSCI_SYSTEM_RESET, KVM_SYSTEM_EVENT_RESET)] {
+    for (function, event) in [
+        (PSCI_SYSTEM_OFF, KVM_SYSTEM_EVENT_SHUTDOWN),
+        (PSCI_SYSTEM_RESET, KVM_SYSTEM_EVENT_RESET),
+    ] {
         let mut t = TestVm::new(0x1_0000, false);
         t.load(&a64::psci_call(function));
-        assert_eq!(run_once(&mut t, 0), Exit::System(event), "PSCI function {function:#x}");
+        assert_eq!(
+            run_once(&mut t, 0),
+            Exit::System(event),
+            "PSCI function {function:#x}"
+        );
     }
 }
 
@@ -97,19 +120,31 @@ fn a_guest_loop_runs_to_completion() {
     // 100k iterations of a counted loop, then report the counter over MMIO.
     let mut t = TestVm::new(0x1_0000, false);
     let mut prog = a64::mov_imm64(0, 100_000);
-    prog.extend([a64::add_imm(5, 5, 1), a64::subs_imm(0, 0, 1), a64::b_ne(-2), a64::str_x(5, 1, 0)]);
+    prog.extend([
+        a64::add_imm(5, 5, 1),
+        a64::subs_imm(0, 0, 1),
+        a64::b_ne(-2),
+        a64::str_x(5, 1, 0),
+    ]);
     t.load(&prog);
     t.set_reg(xreg_id(1), MMIO_BASE);
     t.set_reg(xreg_id(5), 0);
-    assert_eq!(run_once(&mut t, 0), Exit::Write(MMIO_BASE, 100_000u64.to_le_bytes().to_vec()));
+    assert_eq!(
+        run_once(&mut t, 0),
+        Exit::Write(MMIO_BASE, 100_000u64.to_le_bytes().to_vec())
+    );
 }
 
 #[test]
 fn writable_masks_cover_the_id_registers() {
     let t = TestVm::new(0x1_0000, false);
     let masks = WritableMasks::read(&t.vm).expect("KVM_ARM_GET_REG_WRITABLE_MASKS");
-    let isar0 = masks.get(ID_AA64ISAR0_EL1).expect("ISAR0 is in the feature-ID range");
-    let pfr0 = masks.get(ID_AA64PFR0_EL1).expect("PFR0 is in the feature-ID range");
+    let isar0 = masks
+        .get(ID_AA64ISAR0_EL1)
+        .expect("ISAR0 is in the feature-ID range");
+    let pfr0 = masks
+        .get(ID_AA64PFR0_EL1)
+        .expect("PFR0 is in the feature-ID range");
     println!("writable masks: ID_AA64ISAR0_EL1 {isar0:#018x}, ID_AA64PFR0_EL1 {pfr0:#018x}");
     assert_ne!(isar0, 0);
     assert_ne!(pfr0, 0);
@@ -130,10 +165,20 @@ fn a_writable_id_field_can_be_lowered_before_the_first_run() {
         .expect("a writable, implemented ISAR0 field");
     let lowered = value & !field;
     t.set_reg(id, lowered);
-    assert_eq!(t.get_reg(id), lowered, "the guest now sees the feature as absent");
+    assert_eq!(
+        t.get_reg(id),
+        lowered,
+        "the guest now sees the feature as absent"
+    );
     // A bit outside the writable mask cannot be changed.
-    let fixed_bit = (0..64).map(|b| 1u64 << b).find(|b| mask & b == 0 && value & b != 0);
+    let fixed_bit = (0..64)
+        .map(|b| 1u64 << b)
+        .find(|b| mask & b == 0 && value & b != 0);
     if let Some(bit) = fixed_bit {
-        assert!(t.vcpu.set_one_reg(id, &(lowered & !bit).to_le_bytes()).is_err());
+        assert!(
+            t.vcpu
+                .set_one_reg(id, &(lowered & !bit).to_le_bytes())
+                .is_err()
+        );
     }
 }

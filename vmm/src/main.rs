@@ -9,6 +9,9 @@ struct Cli {}
 
 fn main() {
     let _cli = Cli::parse();
-    eprintln!("vmm {}: booting guests arrives with the next release; see `vmm --help`.", vmm::VERSION);
+    eprintln!(
+        "vmm {}: booting guests arrives with the next release; see `vmm --help`.",
+        vmm::VERSION
+    );
     std::process::exit(2);
 }

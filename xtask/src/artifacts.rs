@@ -78,9 +78,10 @@ fn kernel_package(suite: &str) -> Result<Package> {
         .find(|d| d.starts_with("linux-image-"))
         .with_context(|| format!("{KERNEL_META} in {suite} depends on no linux-image package"))?
         .to_string();
-    let mut pkgs = debian::show(&[name.clone()], Some(suite))?;
+    let mut pkgs = debian::show(std::slice::from_ref(&name), Some(suite))?;
     pkgs.retain(|p| p.name == name);
-    pkgs.pop().with_context(|| format!("no arm64 package {name} in {suite}"))
+    pkgs.pop()
+        .with_context(|| format!("no arm64 package {name} in {suite}"))
 }
 
 /// Builds whatever is missing and returns every artifact.
@@ -106,7 +107,10 @@ pub fn ensure(cache: &Cache) -> Result<Artifacts> {
     let host = match cache.lookup("host", &host_key)? {
         Some(d) => d,
         None => {
-            let debs = debian::fetch(cache, &host_pkgs.iter().map(|p| (*p).clone()).collect::<Vec<_>>())?;
+            let debs = debian::fetch(
+                cache,
+                &host_pkgs.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
+            )?;
             let built = build_host(cache, &debs[0], &debs[1..], &user, &user_roots)?;
             cache.publish("host", &host_key, built)?
         }
@@ -168,7 +172,10 @@ fn unpack_kernel(deb: &Path, into: &Path) -> Result<(PathBuf, PathBuf)> {
     let image = fs::read_dir(&boot)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .context("the kernel package has no /boot/vmlinuz-*")?;
     let head = fs::read(&image)?;
     // An arm64 Image carries "ARM\x64" at offset 56.
@@ -203,7 +210,11 @@ fn base_layout(a: &mut Archive, init_path: &str, init: &str, busybox: &[u8]) {
     a.file("bin/busybox", 0o755, busybox.to_vec());
     a.symlink("bin/sh", "busybox");
     a.file(init_path, 0o755, init.as_bytes().to_vec());
-    a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
+    a.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+    );
     a.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
 }
 
@@ -220,7 +231,12 @@ fn build_guest(cache: &Cache, kernel_deb: &Path, busybox_deb: &Path) -> Result<S
     let (image, modules) = unpack_kernel(kernel_deb, &work.path().join("kernel"))?;
     fs::copy(&image, out.path().join("Image"))?;
     let mut a = Archive::new();
-    base_layout(&mut a, "init", GUEST_INIT, &read_busybox(busybox_deb, work.path())?);
+    base_layout(
+        &mut a,
+        "init",
+        GUEST_INIT,
+        &read_busybox(busybox_deb, work.path())?,
+    );
     add_modules(&mut a, &modules, GUEST_MODULES)?;
     fs::write(out.path().join("initrd.cpio.gz"), gzip(&a)?)?;
     Ok(out)
@@ -231,10 +247,15 @@ fn build_rootfs(cache: &Cache, busybox_deb: &Path) -> Result<Scratch> {
     let out = cache.scratch("rootfs")?;
     let work = cache.scratch("rootfs-work")?;
     let tree = work.path().join("tree");
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "mnt", "root"] {
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "mnt", "root",
+    ] {
         fs::create_dir_all(tree.join(d))?;
     }
-    fs::write(tree.join("bin/busybox"), read_busybox(busybox_deb, work.path())?)?;
+    fs::write(
+        tree.join("bin/busybox"),
+        read_busybox(busybox_deb, work.path())?,
+    )?;
     fs::write(tree.join("sbin/init"), GUEST_INIT)?;
     fs::write(tree.join("etc/hostname"), "guest\n")?;
     use std::os::unix::fs::PermissionsExt;
@@ -261,21 +282,32 @@ fn build_rootfs(cache: &Cache, busybox_deb: &Path) -> Result<Scratch> {
         ],
     );
     c.arg(&tree).arg(&img).arg(format!("{ROOTFS_MIB}M"));
-    c.env("E2FSPROGS_FAKE_TIME", "1").env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin");
+    c.env("E2FSPROGS_FAKE_TIME", "1")
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin");
     run(&mut c)?;
     Ok(out)
 }
 
 /// Finds a library by soname in the unpacked package tree.
 fn find_library(root: &Path, soname: &str) -> Option<String> {
-    ["lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib", "usr/lib"]
-        .iter()
-        .map(|d| format!("{d}/{soname}"))
-        .find(|p| root.join(p).symlink_metadata().is_ok())
+    [
+        "lib/aarch64-linux-gnu",
+        "usr/lib/aarch64-linux-gnu",
+        "lib",
+        "usr/lib",
+    ]
+    .iter()
+    .map(|d| format!("{d}/{soname}"))
+    .find(|p| root.join(p).symlink_metadata().is_ok())
 }
 
 /// Adds a path from the unpacked tree, following symlinks within the tree.
-fn add_tree_path(a: &mut Archive, root: &Path, rel: &str, seen: &mut BTreeSet<String>) -> Result<()> {
+fn add_tree_path(
+    a: &mut Archive,
+    root: &Path,
+    rel: &str,
+    seen: &mut BTreeSet<String>,
+) -> Result<()> {
     let rel = rel.trim_start_matches('/').to_string();
     if !seen.insert(rel.clone()) {
         return Ok(());
@@ -290,7 +322,10 @@ fn add_tree_path(a: &mut Archive, root: &Path, rel: &str, seen: &mut BTreeSet<St
         let resolved = if let Some(abs) = target.strip_prefix('/') {
             abs.to_string()
         } else {
-            let parent = Path::new(&rel).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let parent = Path::new(&rel)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
             normalize_rel(&format!("{parent}/{target}"))
         };
         return add_tree_path(a, root, &resolved, seen);
@@ -303,8 +338,9 @@ fn add_tree_path(a: &mut Archive, root: &Path, rel: &str, seen: &mut BTreeSet<St
             add_tree_path(a, root, interp, seen)?;
         }
         for lib in elf.libraries {
-            let found = find_library(root, lib)
-                .with_context(|| format!("{rel} needs {lib}, which no unpacked package provides"))?;
+            let found = find_library(root, lib).with_context(|| {
+                format!("{rel} needs {lib}, which no unpacked package provides")
+            })?;
             add_tree_path(a, root, &found, seen)?;
         }
     }
@@ -329,7 +365,9 @@ fn normalize_rel(p: &str) -> String {
 fn executables(tree: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for d in ["bin", "sbin", "usr/bin", "usr/sbin"] {
-        let Ok(rd) = fs::read_dir(tree.join(d)) else { continue };
+        let Ok(rd) = fs::read_dir(tree.join(d)) else {
+            continue;
+        };
         for e in rd.flatten() {
             let meta = e.path().symlink_metadata()?;
             if meta.is_file() || meta.file_type().is_symlink() {
@@ -365,7 +403,12 @@ fn build_host(
         .map(|(d, _)| d)
         .context("busybox-static not downloaded")?;
     let mut a = Archive::new();
-    base_layout(&mut a, "init", HOST_INIT, &read_busybox(busybox_deb, work.path())?);
+    base_layout(
+        &mut a,
+        "init",
+        HOST_INIT,
+        &read_busybox(busybox_deb, work.path())?,
+    );
     let mut seen = BTreeSet::new();
     for (deb, pkg) in user_debs.iter().zip(user) {
         if pkg.name == "busybox-static" || !roots.contains(&pkg.name.as_str()) {
@@ -391,20 +434,34 @@ mod tests {
 
     #[test]
     fn recipe_lists_skip_comments() {
-        assert_eq!(list("# c\nvirtio_net\n\n tun \n"), vec!["virtio_net", "tun"]);
+        assert_eq!(
+            list("# c\nvirtio_net\n\n tun \n"),
+            vec!["virtio_net", "tun"]
+        );
         assert!(list(HOST_PACKAGES).contains(&"curl"));
         assert!(list(GUEST_MODULES).contains(&"virtio_mmio"));
     }
 
     #[test]
     fn relative_paths_are_normalized() {
-        assert_eq!(normalize_rel("lib/./x/../aarch64-linux-gnu/ld.so"), "lib/aarch64-linux-gnu/ld.so");
+        assert_eq!(
+            normalize_rel("lib/./x/../aarch64-linux-gnu/ld.so"),
+            "lib/aarch64-linux-gnu/ld.so"
+        );
     }
 
     #[test]
     fn keys_change_with_any_input() {
-        let p = Package { name: "a".into(), version: "1".into(), sha256: "s".into() };
-        let q = Package { name: "a".into(), version: "2".into(), sha256: "s".into() };
+        let p = Package {
+            name: "a".into(),
+            version: "1".into(),
+            sha256: "s".into(),
+        };
+        let q = Package {
+            name: "a".into(),
+            version: "2".into(),
+            sha256: "s".into(),
+        };
         assert_ne!(key_of(&["x"], &[&p]), key_of(&["x"], &[&q]));
         assert_ne!(key_of(&["x"], &[&p]), key_of(&["y"], &[&p]));
         assert_eq!(key_of(&["x"], &[&p]), key_of(&["x"], &[&p]));

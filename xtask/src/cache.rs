@@ -84,7 +84,10 @@ impl Cache {
     pub fn scratch(&self, what: &str) -> Result<Scratch> {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = self.root.join("tmp").join(format!("{what}-{}-{n}", std::process::id()));
+        let d = self
+            .root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d)?;
         Ok(Scratch(d))
@@ -93,7 +96,10 @@ impl Cache {
     /// The published folder of an artifact if it exists and every checksum matches.
     /// A folder that fails verification is removed.
     pub fn lookup(&self, name: &str, key: &str) -> Result<Option<PathBuf>> {
-        let dir = self.root.join("artifacts").join(format!("{name}-{}", &key[..16]));
+        let dir = self
+            .root
+            .join("artifacts")
+            .join(format!("{name}-{}", &key[..16]));
         if !dir.exists() {
             return Ok(None);
         }
@@ -117,7 +123,10 @@ impl Cache {
         // Older builds of the same artifact are superseded.
         for e in fs::read_dir(&parent)?.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.strip_prefix(name).and_then(|r| r.strip_prefix('-')).is_some_and(|k| k.len() == 16) {
+            if n.strip_prefix(name)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|k| k.len() == 16)
+            {
                 let _ = fs::remove_dir_all(e.path());
             }
         }

@@ -32,7 +32,14 @@ impl Archive {
     fn add(&mut self, path: &str, node: Node) {
         let path = path.trim_start_matches('/').to_string();
         let mut parent = String::new();
-        for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -69,8 +76,7 @@ impl Archive {
 
     /// Writes the archive, trailer included.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
-        let mut ino = 1u32;
-        for (path, node) in &self.nodes {
+        for (ino, (path, node)) in (1u32..).zip(&self.nodes) {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
                 Node::Dir => (0o040755, &[], (0, 0)),
                 Node::File { mode, data } => (0o100000 | mode, data, (0, 0)),
@@ -79,7 +85,6 @@ impl Archive {
             };
             let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
             entry(out, ino, mode, nlink, rdev, path, data)?;
-            ino += 1;
         }
         entry(out, 0, 0, 1, (0, 0), "TRAILER!!!", &[])
     }

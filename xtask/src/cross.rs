@@ -17,23 +17,35 @@ fn target() -> &'static str {
 /// Runs cargo with JSON messages and returns the executables it produced, as
 /// (target name, path, is a test).
 fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf, bool)>> {
-    let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args(args)
-        .args(["--target", target(), "--message-format=json-render-diagnostics"])
+        .args([
+            "--target",
+            target(),
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(crate::workspace_root())
         .stdout(Stdio::piped());
-    let out = c.output().with_context(|| format!("cannot run `{}`", describe(&c)))?;
+    let out = c
+        .output()
+        .with_context(|| format!("cannot run `{}`", describe(&c)))?;
     if !out.status.success() {
         bail!("`{}` failed", describe(&c));
     }
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
         if let Some(exe) = msg["executable"].as_str() {
-            let name = msg["target"]["name"].as_str().unwrap_or("unknown").to_string();
+            let name = msg["target"]["name"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string();
             let test = msg["profile"]["test"].as_bool().unwrap_or(false);
             exes.push((name, PathBuf::from(exe), test));
         }
@@ -55,7 +67,11 @@ pub fn build_vmm() -> Result<PathBuf> {
 pub fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     eprintln!("xtask: building the integration tests for {}", target());
     let exes = cargo_executables(&["test", "--package", "vmm-tests", "--no-run"])?;
-    let tests: Vec<(String, PathBuf)> = exes.into_iter().filter(|(_, _, t)| *t).map(|(n, p, _)| (n, p)).collect();
+    let tests: Vec<(String, PathBuf)> = exes
+        .into_iter()
+        .filter(|(_, _, t)| *t)
+        .map(|(n, p, _)| (n, p))
+        .collect();
     if tests.is_empty() {
         bail!("cargo built no integration-test binary");
     }

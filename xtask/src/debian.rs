@@ -21,13 +21,19 @@ pub struct Package {
 impl Package {
     /// The file name this package has in the cache.
     pub fn file_name(&self) -> String {
-        format!("{}_{}_arm64.deb", self.name, self.version.replace(':', "%3a"))
+        format!(
+            "{}_{}_arm64.deb",
+            self.name,
+            self.version.replace(':', "%3a")
+        )
     }
 }
 
 /// Which apt release to prefer (`-t`), if not the default.
 fn release_args(release: Option<&str>) -> Vec<String> {
-    release.map(|r| vec!["-t".to_string(), r.to_string()]).unwrap_or_default()
+    release
+        .map(|r| vec!["-t".to_string(), r.to_string()])
+        .unwrap_or_default()
 }
 
 /// The arm64 packages that `roots` need, themselves included, without recommends.
@@ -86,7 +92,11 @@ pub fn parse_index(text: &str) -> Vec<Package> {
             if field("Architecture:").as_deref() == Some("arm64")
                 || field("Architecture:").as_deref() == Some("all")
             {
-                out.push(Package { name, version, sha256 });
+                out.push(Package {
+                    name,
+                    version,
+                    sha256,
+                });
             }
         }
     }
@@ -109,8 +119,15 @@ pub fn fetch(cache: &Cache, pkgs: &[Package]) -> Result<Vec<PathBuf>> {
     if !missing.is_empty() {
         let tmp = cache.scratch("debs")?;
         eprintln!("xtask: downloading {} Debian arm64 packages", missing.len());
-        let mut c = cmd("apt-get", ["download", "-qq", "-o", "APT::Sandbox::User=root"]);
-        c.args(missing.iter().map(|p| format!("{}:arm64={}", p.name, p.version)));
+        let mut c = cmd(
+            "apt-get",
+            ["download", "-qq", "-o", "APT::Sandbox::User=root"],
+        );
+        c.args(
+            missing
+                .iter()
+                .map(|p| format!("{}:arm64={}", p.name, p.version)),
+        );
         c.current_dir(tmp.path());
         run(&mut c).context("downloading Debian packages failed")?;
         adopt_downloads(tmp.path(), &dir, &missing)?;
@@ -133,7 +150,10 @@ pub fn adopt_downloads(from: &Path, to: &Path, wanted: &[&Package]) -> Result<()
         }
     }
     if !by_sum.is_empty() {
-        let names: Vec<String> = by_sum.values().map(|p| format!("{}={}", p.name, p.version)).collect();
+        let names: Vec<String> = by_sum
+            .values()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect();
         bail!(
             "download incomplete or checksum mismatch against the apt index for: {}",
             names.join(", ")
@@ -158,13 +178,21 @@ mod tests {
             SHA256: abc\nDescription: x\n\nPackage: foo\nVersion: 1\nArchitecture: amd64\nSHA256: d\n";
         assert_eq!(
             parse_index(text),
-            vec![Package { name: "curl".into(), version: "7.88.1-10+deb12u14".into(), sha256: "abc".into() }]
+            vec![Package {
+                name: "curl".into(),
+                version: "7.88.1-10+deb12u14".into(),
+                sha256: "abc".into()
+            }]
         );
     }
 
     #[test]
     fn epoch_is_escaped_in_file_names() {
-        let p = Package { name: "q".into(), version: "1:2.0".into(), sha256: String::new() };
+        let p = Package {
+            name: "q".into(),
+            version: "1:2.0".into(),
+            sha256: String::new(),
+        };
         assert_eq!(p.file_name(), "q_1%3a2.0_arm64.deb");
     }
 
@@ -181,7 +209,11 @@ mod tests {
             version: "1".into(),
             sha256: crate::cache::sha256_bytes(b"good"),
         };
-        let bad = Package { name: "bad".into(), version: "1".into(), sha256: crate::cache::sha256_bytes(b"bad") };
+        let bad = Package {
+            name: "bad".into(),
+            version: "1".into(),
+            sha256: crate::cache::sha256_bytes(b"bad"),
+        };
         let err = adopt_downloads(&from, &to, &[&good, &bad]).unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
         assert!(err.to_string().contains("bad=1"), "{err}");

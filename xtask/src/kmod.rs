@@ -26,7 +26,11 @@ fn index(dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> {
         let p = e?.path();
         if p.is_dir() {
             index(&p, out)?;
-        } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko.xz")) {
+        } else if let Some(stem) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ko.xz"))
+        {
             out.insert(normalize(stem), p.clone());
         }
     }
@@ -36,9 +40,15 @@ fn index(dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> Result<()> {
 fn decompress(path: &Path) -> Result<Vec<u8>> {
     let mut c = cmd("xz", ["-dc"]);
     c.arg(path);
-    let out = c.output().with_context(|| format!("cannot run `{}`", describe(&c)))?;
+    let out = c
+        .output()
+        .with_context(|| format!("cannot run `{}`", describe(&c)))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}", describe(&c), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{}` failed: {}",
+            describe(&c),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(out.stdout)
 }
@@ -54,7 +64,11 @@ pub fn depends(object: &[u8]) -> Result<Vec<String>> {
             for item in data.split(|b| *b == 0) {
                 if let Some(list) = item.strip_prefix(b"depends=") {
                     let list = String::from_utf8_lossy(list);
-                    return Ok(list.split(',').filter(|s| !s.is_empty()).map(normalize).collect());
+                    return Ok(list
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(normalize)
+                        .collect());
                 }
             }
             return Ok(Vec::new());
@@ -89,7 +103,10 @@ pub fn closure(modules_root: &Path, wanted: &[&str]) -> Result<Vec<Module>> {
             visit(&d, files, done, stack)?;
         }
         stack.pop();
-        done.push(Module { name: name.to_string(), object });
+        done.push(Module {
+            name: name.to_string(),
+            object,
+        });
         Ok(())
     }
     for w in wanted {

@@ -46,7 +46,11 @@ impl LibtestCounter {
         if let Some(rest) = l.trim().strip_prefix("test result: ") {
             let num = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u32>().ok()))
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u32>().ok())
+                    })
                     .unwrap_or(0)
             };
             self.tally.passed += num(" passed");
@@ -56,7 +60,11 @@ impl LibtestCounter {
             }
             self.results_in_binary += 1;
         } else if let Some(rest) = l.strip_prefix("XT_BINARY_END ") {
-            let rc = rest.rsplit(' ').next().and_then(|r| r.parse::<i32>().ok()).unwrap_or(-1);
+            let rc = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|r| r.parse::<i32>().ok())
+                .unwrap_or(-1);
             if rc != 0 && self.results_in_binary == 0 {
                 self.tally.failed += 1;
             }
@@ -72,8 +80,12 @@ fn report(layer: &str, t: Tally) {
 /// Runs cargo, echoing its stdout and counting libtest results.
 fn cargo_counted(args: &[&str]) -> Result<(bool, Tally)> {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(args).current_dir(crate::workspace_root()).stdout(Stdio::piped());
-    let mut child = c.spawn().with_context(|| format!("cannot run `{}`", describe(&c)))?;
+    c.args(args)
+        .current_dir(crate::workspace_root())
+        .stdout(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(&c)))?;
     let mut counter = LibtestCounter::default();
     for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
         let line = line?;
@@ -105,7 +117,13 @@ pub fn unit() -> Result<Tally> {
 pub fn cross_layer() -> Result<Tally> {
     setup::ensure_rust()?;
     let mut t = Tally::default();
-    t.check(cargo_ok(&["build", "--workspace", "--all-targets", "--target", AARCH64_TARGET]));
+    t.check(cargo_ok(&[
+        "build",
+        "--workspace",
+        "--all-targets",
+        "--target",
+        AARCH64_TARGET,
+    ]));
     t.check(cargo_ok(&[
         "clippy",
         "--workspace",
@@ -134,9 +152,18 @@ fn native_kvm() -> bool {
 
 fn guest_env(art: &Artifacts) -> Vec<(String, String)> {
     vec![
-        ("GUEST_KERNEL".into(), art.guest_kernel.display().to_string()),
-        ("GUEST_INITRD".into(), art.guest_initrd.display().to_string()),
-        ("GUEST_ROOTFS".into(), art.guest_rootfs.display().to_string()),
+        (
+            "GUEST_KERNEL".into(),
+            art.guest_kernel.display().to_string(),
+        ),
+        (
+            "GUEST_INITRD".into(),
+            art.guest_initrd.display().to_string(),
+        ),
+        (
+            "GUEST_ROOTFS".into(),
+            art.guest_rootfs.display().to_string(),
+        ),
     ]
 }
 
@@ -150,7 +177,9 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
     if native_kvm() {
         for (name, path) in &tests {
             let mut c = Command::new(path);
-            c.arg("--test-threads=1").envs(guest_env(&art)).stdout(Stdio::piped());
+            c.arg("--test-threads=1")
+                .envs(guest_env(&art))
+                .stdout(Stdio::piped());
             let mut child = c.spawn()?;
             for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
                 let line = line?;
@@ -167,7 +196,9 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
     let mut payload = Payload::default();
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
     for (name, path) in &tests {
-        payload.files.push((format!("xt/tests/{name}"), path.clone(), 0o755));
+        payload
+            .files
+            .push((format!("xt/tests/{name}"), path.clone(), 0o755));
     }
     let spec = HostSpec {
         name: "host".into(),
@@ -202,7 +233,16 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
 fn two_host_link(art: &Artifacts, timeout: Duration) -> bool {
     let result = (|| -> Result<bool> {
         let (pa, pb) = qemu::free_udp_ports()?;
-        let (a, b) = pair_specs(("neoverse-n1", None), ("neoverse-v1", Some(1_000_000_000)), 1, 1024, false, timeout, pa, pb);
+        let (a, b) = pair_specs(
+            ("neoverse-n1", None),
+            ("neoverse-v1", Some(1_000_000_000)),
+            1,
+            1024,
+            false,
+            timeout,
+            pa,
+            pb,
+        );
         // Each host checks its own CPU and counter, waits for the link, then they exchange a
         // message over TCP; the listener waits for the sender, so neither powers off early.
         let check = |part: &str, mhz: &str, exchange: &str| {
@@ -216,8 +256,11 @@ fn two_host_link(art: &Artifacts, timeout: Duration) -> bool {
         };
         let listen = "got=$(timeout 300 socat -u TCP-LISTEN:7000,reuseaddr -)\n[ \"$got\" = \"hello from b\" ]";
         let send = "for i in $(seq 300); do echo 'hello from b' | socat -u - TCP:$PEER_ADDR:7000 2>/dev/null && break; sleep 1; done\n[ $i -lt 300 ]";
-        let (sa, sb) = (check("0xd0c", "62.50", listen), check("0xd40", "1000.00", send));
-        let [ra, rb] = qemu::run_pair([a, b], art, &Payload::default(), [&sa, &sb])?;
+        let (sa, sb) = (
+            check("0xd0c", "62.50", listen),
+            check("0xd40", "1000.00", send),
+        );
+        let [ra, rb] = qemu::run_pair(&[a, b], art, &Payload::default(), [&sa, &sb])?;
         Ok(ra?.status == 0 && rb?.status == 0)
     })();
     match result {
@@ -244,7 +287,13 @@ pub fn pair_specs(
     port_a: u16,
     port_b: u16,
 ) -> (HostSpec, HostSpec) {
-    let mk = |name: &str, (cpu, cntfrq): (&str, Option<u64>), local, remote, me: &str, peer: &str, mac: &str| HostSpec {
+    let mk = |name: &str,
+              (cpu, cntfrq): (&str, Option<u64>),
+              local,
+              remote,
+              me: &str,
+              peer: &str,
+              mac: &str| HostSpec {
         name: name.into(),
         cpu: cpu.into(),
         cntfrq,
@@ -261,8 +310,24 @@ pub fn pair_specs(
         }),
     };
     (
-        mk("a", a, port_a, port_b, PAIR_ADDRS[0], PAIR_ADDRS[1], "52:54:00:76:6d:0a"),
-        mk("b", b, port_b, port_a, PAIR_ADDRS[1], PAIR_ADDRS[0], "52:54:00:76:6d:0b"),
+        mk(
+            "a",
+            a,
+            port_a,
+            port_b,
+            PAIR_ADDRS[0],
+            PAIR_ADDRS[1],
+            "52:54:00:76:6d:0a",
+        ),
+        mk(
+            "b",
+            b,
+            port_b,
+            port_a,
+            PAIR_ADDRS[1],
+            PAIR_ADDRS[0],
+            "52:54:00:76:6d:0b",
+        ),
     )
 }
 
@@ -289,6 +354,12 @@ mod tests {
         ] {
             c.line(l);
         }
-        assert_eq!(c.tally, Tally { passed: 5, failed: 4 });
+        assert_eq!(
+            c.tally,
+            Tally {
+                passed: 5,
+                failed: 4
+            }
+        );
     }
 }

@@ -125,7 +125,10 @@ fn exit_code(status: i32) -> ExitCode {
 fn host_payload() -> Result<qemu::Payload> {
     setup::ensure_rust()?;
     let vmm = cross::build_vmm()?;
-    Ok(qemu::Payload { files: vec![("usr/local/bin/vmm".into(), vmm, 0o755)], env: Vec::new() })
+    Ok(qemu::Payload {
+        files: vec![("usr/local/bin/vmm".into(), vmm, 0o755)],
+        env: Vec::new(),
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -157,9 +160,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 total.failed += t.failed;
             }
             println!("total: {} passed, {} failed", total.passed, total.failed);
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Task::Host { machine, cpu, cntfrq, command } => {
+        Task::Host {
+            machine,
+            cpu,
+            cntfrq,
+            command,
+        } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
             let payload = host_payload()?;
@@ -178,7 +190,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = qemu::run(&spec, &art, &payload, &(script.join(" ") + "\n"), &mut sink)?;
             Ok(exit_code(out.status))
         }
-        Task::Pair { machine, cpu_a, cpu_b, cntfrq_a, cntfrq_b, cmd_a, cmd_b } => {
+        Task::Pair {
+            machine,
+            cpu_a,
+            cpu_b,
+            cntfrq_a,
+            cntfrq_b,
+            cmd_a,
+            cmd_b,
+        } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
             let payload = host_payload()?;
@@ -193,10 +213,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pa,
                 pb,
             );
-            let [ra, rb] = qemu::run_pair([a, b], &art, &payload, [&(cmd_a + "\n"), &(cmd_b + "\n")])?;
+            let [ra, rb] =
+                qemu::run_pair(&[a, b], &art, &payload, [&(cmd_a + "\n"), &(cmd_b + "\n")])?;
             let (ra, rb) = (ra?, rb?);
             println!("a exited {}, b exited {}", ra.status, rb.status);
-            Ok(exit_code(if ra.status != 0 { ra.status } else { rb.status }))
+            Ok(exit_code(if ra.status != 0 {
+                ra.status
+            } else {
+                rb.status
+            }))
         }
         Task::Artifacts => {
             let cache = cache::Cache::open()?;

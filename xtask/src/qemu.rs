@@ -32,7 +32,10 @@ pub fn parse_cpu(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         let names: Vec<&str> = CPU_MODELS.iter().map(|(m, _)| *m).collect();
-        Err(format!("unknown CPU model '{s}'; valid models: {}", names.join(", ")))
+        Err(format!(
+            "unknown CPU model '{s}'; valid models: {}",
+            names.join(", ")
+        ))
     }
 }
 
@@ -93,11 +96,24 @@ fn run_dir() -> Result<PathBuf> {
 }
 
 /// Builds the per-run initramfs: base image, guest bundle, then this run's files.
-fn build_initrd(spec: &HostSpec, art: &Artifacts, payload: &Payload, script: &str, marker: &str) -> Result<PathBuf> {
-    let path = run_dir()?.join(format!("{}-{}-{}.cpio", spec.name, std::process::id(), marker));
-    let mut out = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+fn build_initrd(
+    spec: &HostSpec,
+    art: &Artifacts,
+    payload: &Payload,
+    script: &str,
+    marker: &str,
+) -> Result<PathBuf> {
+    let path = run_dir()?.join(format!(
+        "{}-{}-{}.cpio",
+        spec.name,
+        std::process::id(),
+        marker
+    ));
+    let mut out =
+        fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     for part in [&art.host_initrd, &art.guest_bundle] {
-        let mut f = fs::File::open(part).with_context(|| format!("cannot open {}", part.display()))?;
+        let mut f =
+            fs::File::open(part).with_context(|| format!("cannot open {}", part.display()))?;
         let n = std::io::copy(&mut f, &mut out)?;
         // The kernel reads an uncompressed archive only at a 4-byte boundary, and skips zeros.
         out.write_all(&[0u8; 3][..((4 - n % 4) % 4) as usize])?;
@@ -109,7 +125,10 @@ fn build_initrd(spec: &HostSpec, art: &Artifacts, payload: &Payload, script: &st
     }
     let mut env = format!("XT_NONCE={marker}\nXT_HOSTNAME={}\n", spec.name);
     if let Some(l) = &spec.link {
-        env.push_str(&format!("SELF_ADDR={}\nPEER_ADDR={}\n", l.self_addr, l.peer_addr));
+        env.push_str(&format!(
+            "SELF_ADDR={}\nPEER_ADDR={}\n",
+            l.self_addr, l.peer_addr
+        ));
     }
     for (k, v) in &payload.env {
         env.push_str(&format!("{k}={}\n", crate::sh::shell_quote(v)));
@@ -129,14 +148,29 @@ fn qemu_command(spec: &HostSpec, art: &Artifacts, initrd: &Path) -> Command {
         cpu.push_str(&format!(",cntfrq={f}"));
     }
     c.args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", &cpu])
-        .args(["-smp", &spec.smp.to_string(), "-m", &spec.mem_mib.to_string()])
-        .args(["-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"])
+        .args([
+            "-smp",
+            &spec.smp.to_string(),
+            "-m",
+            &spec.mem_mib.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ])
         .args(["-serial", "stdio"])
         .arg("-kernel")
         .arg(&art.host_kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyAMA0 quiet loglevel=1 rdinit=/init panic=-1"]);
+        .args([
+            "-append",
+            "console=ttyAMA0 quiet loglevel=1 rdinit=/init panic=-1",
+        ]);
     if spec.icount {
         c.args(["-icount", "shift=0,sleep=off"]);
     }
@@ -161,7 +195,9 @@ fn qemu_command(spec: &HostSpec, art: &Artifacts, initrd: &Path) -> Command {
 }
 
 fn spawn(mut c: Command) -> Result<Child> {
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: the closure only calls prctl, which is async-signal-safe; it makes QEMU die with
     // xtask so that no emulated host outlives the task that started it.
     unsafe {
@@ -188,7 +224,9 @@ fn pump<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<Event>, wrap: fn(String
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).replace('\r', "");
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .replace('\r', "");
                     if tx.send(wrap(line)).is_err() {
                         return;
                     }
@@ -201,7 +239,13 @@ fn pump<R: Read + Send + 'static>(r: R, tx: mpsc::Sender<Event>, wrap: fn(String
 
 /// Boots one emulated host, runs `script` in it as root, and hands each console line to
 /// `sink`. Returns the script's exit status.
-pub fn run(spec: &HostSpec, art: &Artifacts, payload: &Payload, script: &str, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
+pub fn run(
+    spec: &HostSpec,
+    art: &Artifacts,
+    payload: &Payload,
+    script: &str,
+    sink: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
     let marker = nonce();
     let initrd = build_initrd(spec, art, payload, script, &marker)?;
     let result = run_booted(spec, art, &initrd, &marker, sink);
@@ -209,11 +253,25 @@ pub fn run(spec: &HostSpec, art: &Artifacts, payload: &Payload, script: &str, si
     result
 }
 
-fn run_booted(spec: &HostSpec, art: &Artifacts, initrd: &Path, marker: &str, sink: &mut dyn FnMut(&str)) -> Result<Outcome> {
+fn run_booted(
+    spec: &HostSpec,
+    art: &Artifacts,
+    initrd: &Path,
+    marker: &str,
+    sink: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
     let mut child = spawn(qemu_command(spec, art, initrd))?;
     let (tx, rx) = mpsc::channel();
-    pump(child.stdout.take().context("no QEMU stdout")?, tx.clone(), Event::Line);
-    pump(child.stderr.take().context("no QEMU stderr")?, tx, Event::Err);
+    pump(
+        child.stdout.take().context("no QEMU stdout")?,
+        tx.clone(),
+        Event::Line,
+    );
+    pump(
+        child.stderr.take().context("no QEMU stderr")?,
+        tx,
+        Event::Err,
+    );
     let exit_tag = format!("XT_EXIT_{marker} ");
     let deadline = Instant::now() + spec.timeout;
     let mut status = None;
@@ -259,7 +317,10 @@ fn run_booted(spec: &HostSpec, art: &Artifacts, initrd: &Path, marker: &str, sin
         None => bail!(
             "emulated host {} stopped before reporting the command's exit status (QEMU {qemu_status}){}",
             spec.name,
-            stderr_tail.last().map(|l| format!(": {l}")).unwrap_or_default()
+            stderr_tail
+                .last()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
         ),
     }
 }
@@ -273,7 +334,7 @@ pub fn free_udp_ports() -> Result<(u16, u16)> {
 
 /// Runs two linked hosts at once; each line is prefixed with its host's name.
 pub fn run_pair(
-    specs: [HostSpec; 2],
+    specs: &[HostSpec; 2],
     art: &Artifacts,
     payload: &Payload,
     scripts: [&str; 2],
@@ -298,7 +359,10 @@ pub fn run_pair(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("host thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("host thread panicked")))
+            })
             .collect::<Vec<_>>()
     });
     let mut it = results.into_iter();
@@ -349,9 +413,15 @@ mod tests {
             guest_bundle: "/gb".into(),
         };
         let c = qemu_command(&spec, &art, Path::new("/run.cpio"));
-        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-cpu neoverse-v1,cntfrq=1000000000"), "{joined}");
+        assert!(
+            joined.contains("-cpu neoverse-v1,cntfrq=1000000000"),
+            "{joined}"
+        );
         assert!(joined.contains("virtualization=on"));
         assert!(joined.contains("-icount shift=0,sleep=off"));
         assert!(joined.contains("local.host=127.0.0.1,local.port=4000"));

@@ -50,7 +50,9 @@ fn debian_codename() -> Result<String> {
 
 fn need_root(what: &str) -> Result<()> {
     if !is_root() {
-        bail!("{what}\nRun `cargo xtask` as root once so it can install this, or install it yourself.");
+        bail!(
+            "{what}\nRun `cargo xtask` as root once so it can install this, or install it yourself."
+        );
     }
     Ok(())
 }
@@ -128,7 +130,10 @@ fn read_sources() -> Result<Vec<(String, String)>> {
         let mut names: Vec<_> = dir.flatten().map(|e| e.path()).collect();
         names.sort();
         for p in names {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.ends_with(".sources") || name.ends_with(".list") {
                 out.push((name, fs::read_to_string(&p).unwrap_or_default()));
             }
@@ -165,15 +170,21 @@ pub fn ensure_apt() -> Result<()> {
 
     let foreign = output(&mut cmd("dpkg", ["--print-foreign-architectures"]))?;
     if !foreign.lines().any(|l| l.trim() == "arm64") {
-        need_root("The arm64 package architecture is not enabled (dpkg --add-architecture arm64).")?;
+        need_root(
+            "The arm64 package architecture is not enabled (dpkg --add-architecture arm64).",
+        )?;
         run(&mut cmd("dpkg", ["--add-architecture", "arm64"]))?;
         changed = true;
     }
 
     // The lists may also be missing on a machine that was set up but never updated.
-    let probe = output(&mut cmd("apt-cache", ["madison", "busybox-static:arm64"])).unwrap_or_default();
-    let kernel = output(&mut cmd("apt-cache", ["madison", "linux-image-cloud-arm64:arm64"]))
-        .unwrap_or_default();
+    let probe =
+        output(&mut cmd("apt-cache", ["madison", "busybox-static:arm64"])).unwrap_or_default();
+    let kernel = output(&mut cmd(
+        "apt-cache",
+        ["madison", "linux-image-cloud-arm64:arm64"],
+    ))
+    .unwrap_or_default();
     if changed || probe.trim().is_empty() || !kernel.contains(&suite) {
         need_root("The apt package lists need refreshing (apt-get update).")?;
         apt_update()?;
@@ -191,10 +202,18 @@ fn qemu_major() -> Option<u32> {
 pub fn ensure_host_packages() -> Result<()> {
     let suite = backports_suite()?;
     let qemu_ok = qemu_major().is_some_and(|m| m >= MIN_QEMU_MAJOR);
-    let tools = [("xz", "xz-utils"), ("mke2fs", "e2fsprogs"), ("dpkg-deb", "dpkg")];
+    let tools = [
+        ("xz", "xz-utils"),
+        ("mke2fs", "e2fsprogs"),
+        ("dpkg-deb", "dpkg"),
+    ];
     let missing: Vec<&str> = tools
         .iter()
-        .filter(|(bin, _)| !on_path(bin) && !Path::new("/usr/sbin").join(bin).exists() && !Path::new("/sbin").join(bin).exists())
+        .filter(|(bin, _)| {
+            !on_path(bin)
+                && !Path::new("/usr/sbin").join(bin).exists()
+                && !Path::new("/sbin").join(bin).exists()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if qemu_ok && missing.is_empty() {
@@ -209,12 +228,18 @@ pub fn ensure_host_packages() -> Result<()> {
             ));
         }
         if !missing.is_empty() {
-            msg.push_str(&format!("Also install: apt-get install {}\n", missing.join(" ")));
+            msg.push_str(&format!(
+                "Also install: apt-get install {}\n",
+                missing.join(" ")
+            ));
         }
         bail!("{msg}");
     }
     ensure_apt()?;
-    let mut c = cmd("apt-get", ["install", "-y", "-qq", "--no-install-recommends"]);
+    let mut c = cmd(
+        "apt-get",
+        ["install", "-y", "-qq", "--no-install-recommends"],
+    );
     c.env("DEBIAN_FRONTEND", "noninteractive");
     if !qemu_ok {
         eprintln!("xtask: installing qemu-system-arm from {suite}");
@@ -222,8 +247,10 @@ pub fn ensure_host_packages() -> Result<()> {
     }
     c.args(&missing);
     run(&mut c)?;
-    if !qemu_major().is_some_and(|m| m >= MIN_QEMU_MAJOR) {
-        bail!("qemu-system-arm from {suite} did not provide qemu-system-aarch64 {MIN_QEMU_MAJOR}.0 or newer");
+    if qemu_major().is_none_or(|m| m < MIN_QEMU_MAJOR) {
+        bail!(
+            "qemu-system-arm from {suite} did not provide qemu-system-aarch64 {MIN_QEMU_MAJOR}.0 or newer"
+        );
     }
     Ok(())
 }
@@ -261,12 +288,18 @@ mod tests {
         )];
         let (name, text) = derive_backports_source(&sources, "bookworm").unwrap();
         assert_eq!(name, "vmm-backports.list");
-        assert_eq!(text, "deb [arch=amd64,arm64] http://m/debian bookworm-backports main contrib\n");
+        assert_eq!(
+            text,
+            "deb [arch=amd64,arm64] http://m/debian bookworm-backports main contrib\n"
+        );
     }
 
     #[test]
     fn no_entry_without_a_matching_suite() {
-        let sources = vec![("a.sources".to_string(), "Types: deb\nSuites: trixie\n".to_string())];
+        let sources = vec![(
+            "a.sources".to_string(),
+            "Types: deb\nSuites: trixie\n".to_string(),
+        )];
         assert!(derive_backports_source(&sources, "bookworm").is_none());
     }
 }

@@ -26,7 +26,13 @@ pub struct SysReg {
 impl SysReg {
     /// A register from its encoding.
     pub const fn new(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> Self {
-        Self { op0, op1, crn, crm, op2 }
+        Self {
+            op0,
+            op1,
+            crn,
+            crm,
+            op2,
+        }
     }
 
     /// The ONE_REG ID KVM uses for this register (`ARM64_SYS_REG` in the kernel headers).
@@ -111,11 +117,22 @@ mod tests {
         assert_eq!(ID_AA64ISAR0_EL1.feature_id_index(), Some(48));
         assert_eq!(MIDR_EL1.feature_id_index(), Some(0));
         // op1 = 3 maps to the third block, the last index is 191.
-        assert_eq!(SysReg::new(3, 3, 0, 7, 7).feature_id_index(), Some(FEATURE_ID_RANGE_SIZE - 1));
+        assert_eq!(
+            SysReg::new(3, 3, 0, 7, 7).feature_id_index(),
+            Some(FEATURE_ID_RANGE_SIZE - 1)
+        );
         assert_eq!(SysReg::new(3, 1, 0, 0, 1).feature_id_index(), Some(65));
         assert_eq!(CNTFRQ_EL0.feature_id_index(), None, "CRn != 0");
-        assert_eq!(SysReg::new(3, 2, 0, 0, 0).feature_id_index(), None, "op1 = 2");
-        assert_eq!(SysReg::new(2, 0, 0, 0, 0).feature_id_index(), None, "op0 != 3");
+        assert_eq!(
+            SysReg::new(3, 2, 0, 0, 0).feature_id_index(),
+            None,
+            "op1 = 2"
+        );
+        assert_eq!(
+            SysReg::new(2, 0, 0, 0, 0).feature_id_index(),
+            None,
+            "op0 != 3"
+        );
     }
 
     #[test]

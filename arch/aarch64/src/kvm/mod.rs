@@ -14,6 +14,11 @@ const _: () = {
     assert!(sysreg::KVM_REG_ARM_CORE == kvm_bindings::KVM_REG_ARM_CORE as u64);
     assert!(sysreg::KVM_REG_ARM64_SYSREG == kvm_bindings::KVM_REG_ARM64_SYSREG as u64);
     assert!(sysreg::FEATURE_ID_RANGE_SIZE == kvm_bindings::KVM_ARM_FEATURE_ID_RANGE_SIZE as usize);
-    assert!(sysreg::PC_ID == sysreg::core_reg_id(std::mem::offset_of!(kvm_bindings::user_pt_regs, pc)));
-    assert!(sysreg::PSTATE_ID == sysreg::core_reg_id(std::mem::offset_of!(kvm_bindings::user_pt_regs, pstate)));
+    assert!(
+        sysreg::PC_ID == sysreg::core_reg_id(std::mem::offset_of!(kvm_bindings::user_pt_regs, pc))
+    );
+    assert!(
+        sysreg::PSTATE_ID
+            == sysreg::core_reg_id(std::mem::offset_of!(kvm_bindings::user_pt_regs, pstate))
+    );
 };

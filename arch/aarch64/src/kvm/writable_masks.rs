@@ -17,7 +17,9 @@ const CAP_SUPPORTED_REG_MASK_RANGES: u32 = 230;
 #[derive(Debug, thiserror::Error)]
 pub enum WritableMasksError {
     /// The kernel predates writable ID registers (Linux 6.7).
-    #[error("KVM cannot report writable ID-register masks (no KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES)")]
+    #[error(
+        "KVM cannot report writable ID-register masks (no KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES)"
+    )]
     Unsupported,
     /// The ioctl failed.
     #[error("KVM_ARM_GET_REG_WRITABLE_MASKS failed: {0}")]
@@ -54,6 +56,7 @@ impl WritableMasks {
 
     /// The writable bits of a register, or `None` outside the feature-ID range.
     pub fn get(&self, reg: SysReg) -> Option<u64> {
-        reg.feature_id_index().and_then(|i| self.masks.get(i).copied())
+        reg.feature_id_index()
+            .and_then(|i| self.masks.get(i).copied())
     }
 }
