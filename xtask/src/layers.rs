@@ -223,9 +223,29 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
         }
     }
     let mut t = counter.tally;
+    t.check(command_status_passes_through(&art, &spec));
     t.check(two_host_link(&art, timeout));
     report("emulated", t);
     Ok(t)
+}
+
+/// `cargo xtask host` reports the command's own output and exit status.
+fn command_status_passes_through(art: &Artifacts, spec: &HostSpec) -> bool {
+    let mut seen = false;
+    let mut sink = |l: &str| seen |= l == "output of a failing command";
+    let script = "echo 'output of a failing command'; exit 7\n";
+    let ok = match qemu::run(spec, art, &Payload::default(), script, &mut sink) {
+        Ok(o) => o.status == 7 && seen,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            false
+        }
+    };
+    println!(
+        "failing command passes its status and output through: {}",
+        if ok { "ok" } else { "FAILED" }
+    );
+    ok
 }
 
 /// The two-host form: hosts of different generations and counter frequencies see their own
