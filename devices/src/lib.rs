@@ -1,4 +1,9 @@
-//! Device models with no KVM dependency.
-//!
-//! Empty for now: the 16550 serial, PL031 RTC and boot timer arrive with guest boot, and the
-//! virtio-mmio devices after that (see ../shared/ARCHITECTURE.md).
+//! Device models with no KVM dependency: the MMIO bus they sit on, interrupt lines, and the
+//! legacy devices (16550 serial, PL031 RTC, boot timer). virtio devices come next.
+
+pub mod bus;
+pub mod irq;
+pub mod legacy;
+
+pub use bus::{MmioBus, MmioDevice};
+pub use irq::IrqLine;

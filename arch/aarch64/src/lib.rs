@@ -3,6 +3,9 @@
 //! Everything outside [`kvm`] is portable: it compiles and is unit-tested on any host.
 //! The [`kvm`] module talks to `/dev/kvm` and exists only on aarch64.
 
+pub mod fdt;
+pub mod image;
+pub mod layout;
 pub mod sysreg;
 
 #[cfg(target_arch = "aarch64")]

@@ -1,0 +1,213 @@
+//! The arm64 Linux `Image` format: header checks, gzip decompression, and where the kernel,
+//! device tree and initrd go in guest RAM (from the header's `image_size`, not the file size).
+
+use std::io::Read;
+
+use crate::layout::{FDT_MAX_SIZE, KERNEL_ALIGN};
+
+/// The arm64 Image magic, "ARM\x64", at offset 56.
+const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
+/// Size of the arm64 Image header.
+pub const HEADER_SIZE: usize = 64;
+/// Largest decompressed kernel accepted, against gzip bombs.
+pub const MAX_KERNEL_SIZE: u64 = 512 << 20;
+const PAGE: u64 = 4096;
+
+/// Errors about a kernel image or where it fits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// The file is shorter than the header.
+    #[error("kernel file is too short ({0} bytes) to be an arm64 Image")]
+    TooShort(usize),
+    /// The magic is missing.
+    #[error("not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 56)")]
+    BadMagic,
+    /// gzip data could not be inflated.
+    #[error("cannot decompress the gzip kernel: {0}")]
+    Gzip(String),
+    /// The inflated kernel is larger than accepted.
+    #[error("decompressed kernel exceeds {} MiB", MAX_KERNEL_SIZE >> 20)]
+    TooLarge,
+    /// The kernel and device tree do not fit in guest memory.
+    #[error("guest memory of {mem_mib} MiB is too small for this kernel (it needs at least {need_mib} MiB)")]
+    MemoryTooSmall {
+        /// Memory given.
+        mem_mib: u64,
+        /// Memory the kernel image and device tree need.
+        need_mib: u64,
+    },
+    /// The initrd does not fit after the kernel and device tree.
+    #[error("initrd of {initrd_bytes} bytes does not fit in guest memory ({free_bytes} bytes free after the kernel and device tree)")]
+    InitrdTooLarge {
+        /// Size of the initrd.
+        initrd_bytes: u64,
+        /// Room left for it.
+        free_bytes: u64,
+    },
+}
+
+/// The fields of the arm64 Image header that placement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// Offset from a 2 MiB-aligned base at which the image must be loaded.
+    pub text_offset: u64,
+    /// Memory the image occupies once running, BSS included (0 on very old kernels).
+    pub image_size: u64,
+}
+
+/// Whether data starts with the gzip magic.
+pub fn is_gzip(data: &[u8]) -> bool {
+    data.starts_with(&[0x1f, 0x8b])
+}
+
+/// Inflates a gzip-compressed kernel, refusing more than [`MAX_KERNEL_SIZE`].
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(MAX_KERNEL_SIZE + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ImageError::Gzip(e.to_string()))?;
+    if out.len() as u64 > MAX_KERNEL_SIZE {
+        return Err(ImageError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Parses and checks the header.
+pub fn parse_header(data: &[u8]) -> Result<ImageHeader, ImageError> {
+    if data.len() < HEADER_SIZE {
+        return Err(ImageError::TooShort(data.len()));
+    }
+    if &data[56..60] != IMAGE_MAGIC {
+        return Err(ImageError::BadMagic);
+    }
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let image_size = u64_at(16);
+    // Booting.rst: with image_size 0, text_offset is 0x80000 whatever the field says.
+    let text_offset = if image_size == 0 { 0x8_0000 } else { u64_at(8) };
+    Ok(ImageHeader { text_offset, image_size })
+}
+
+/// Where everything goes in guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPlan {
+    /// Load address of the kernel (also the entry point).
+    pub kernel: u64,
+    /// End of the memory the kernel will occupy.
+    pub kernel_end: u64,
+    /// Address of the device tree.
+    pub fdt: u64,
+    /// Address and length of the initrd.
+    pub initrd: Option<(u64, u64)>,
+}
+
+const fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Places kernel, device tree and initrd in `mem_base..mem_base + mem_size`.
+/// `file_len` is the (decompressed) image length.
+pub fn plan(
+    mem_base: u64,
+    mem_size: u64,
+    header: ImageHeader,
+    file_len: u64,
+    initrd_len: Option<u64>,
+) -> Result<BootPlan, ImageError> {
+    let base = align_up(mem_base, KERNEL_ALIGN);
+    let kernel = base + header.text_offset;
+    let kernel_end = kernel + header.image_size.max(file_len);
+    let fdt = align_up(kernel_end, KERNEL_ALIGN);
+    let mem_end = mem_base + mem_size;
+    let after_fdt = fdt + FDT_MAX_SIZE;
+    if after_fdt > mem_end {
+        return Err(ImageError::MemoryTooSmall {
+            mem_mib: mem_size >> 20,
+            need_mib: (after_fdt - mem_base).div_ceil(1 << 20),
+        });
+    }
+    let initrd = match initrd_len {
+        None => None,
+        Some(len) => {
+            let start = align_up(after_fdt, PAGE);
+            let free = mem_end.saturating_sub(start);
+            if len > free {
+                return Err(ImageError::InitrdTooLarge { initrd_bytes: len, free_bytes: free });
+            }
+            Some((start, len))
+        }
+    };
+    Ok(BootPlan { kernel, kernel_end, fdt, initrd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn header(text_offset: u64, image_size: u64) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_SIZE];
+        h[8..16].copy_from_slice(&text_offset.to_le_bytes());
+        h[16..24].copy_from_slice(&image_size.to_le_bytes());
+        h[56..60].copy_from_slice(IMAGE_MAGIC);
+        h
+    }
+
+    #[test]
+    fn header_fields_are_read() {
+        let h = parse_header(&header(0, 0x240_0000)).unwrap();
+        assert_eq!(h, ImageHeader { text_offset: 0, image_size: 0x240_0000 });
+        // Old kernels: image_size 0 means text_offset 0x80000.
+        assert_eq!(parse_header(&header(0x1234, 0)).unwrap().text_offset, 0x8_0000);
+    }
+
+    #[test]
+    fn non_images_are_rejected_by_name() {
+        assert_eq!(parse_header(b"short"), Err(ImageError::TooShort(5)));
+        let mut h = header(0, 1);
+        h[56] = b'X';
+        assert_eq!(parse_header(&h), Err(ImageError::BadMagic));
+        assert!(ImageError::BadMagic.to_string().contains("not an arm64 Linux Image"));
+    }
+
+    #[test]
+    fn gzip_images_are_inflated() {
+        let raw = header(0, 0x1000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let packed = gz.finish().unwrap();
+        assert!(is_gzip(&packed));
+        assert!(!is_gzip(&raw));
+        assert_eq!(gunzip(&packed).unwrap(), raw);
+        assert!(matches!(gunzip(&[0x1f, 0x8b, 0, 0]), Err(ImageError::Gzip(_))));
+    }
+
+    #[test]
+    fn placement_uses_image_size_not_file_size() {
+        let mb = 1u64 << 20;
+        let h = ImageHeader { text_offset: 0, image_size: 37 * mb };
+        // A 30 MiB file whose image occupies 37 MiB: the FDT goes after 37 MiB, rounded to 2 MiB.
+        let p = plan(0x8000_0000, 128 * mb, h, 30 * mb, Some(mb)).unwrap();
+        assert_eq!(p.kernel, 0x8000_0000);
+        assert_eq!(p.kernel_end, 0x8000_0000 + 37 * mb);
+        assert_eq!(p.fdt, 0x8000_0000 + 38 * mb);
+        assert_eq!(p.initrd, Some((0x8000_0000 + 40 * mb, mb)));
+    }
+
+    #[test]
+    fn too_little_memory_is_named() {
+        let mb = 1u64 << 20;
+        let h = ImageHeader { text_offset: 0, image_size: 37 * mb };
+        assert_eq!(
+            plan(0x8000_0000, 32 * mb, h, 30 * mb, None),
+            Err(ImageError::MemoryTooSmall { mem_mib: 32, need_mib: 40 })
+        );
+        let e = plan(0x8000_0000, 64 * mb, h, 30 * mb, Some(100 * mb)).unwrap_err();
+        assert_eq!(e, ImageError::InitrdTooLarge { initrd_bytes: 100 * mb, free_bytes: 24 * mb });
+        assert!(e.to_string().contains("initrd"));
+    }
+}

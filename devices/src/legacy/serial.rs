@@ -1,0 +1,136 @@
+//! The 16550 UART (vm-superio) on MMIO, with input buffered beyond its 64-byte FIFO.
+
+use std::collections::VecDeque;
+use std::io::Write;
+
+use vm_superio::Serial;
+use vm_superio::serial::NoEvents;
+
+use crate::bus::MmioDevice;
+use crate::irq::IrqLine;
+
+/// Input beyond this is dropped rather than grow without bound.
+const MAX_PENDING_INPUT: usize = 1 << 20;
+/// Offset of the receive buffer register.
+const RBR: u8 = 0;
+
+/// A serial port whose output goes to `W`.
+pub struct SerialDevice<W: Write + Send> {
+    serial: Serial<IrqLine, NoEvents, W>,
+    pending: VecDeque<u8>,
+}
+
+impl<W: Write + Send> std::fmt::Debug for SerialDevice<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice").field("pending", &self.pending.len()).finish()
+    }
+}
+
+impl<W: Write + Send> SerialDevice<W> {
+    /// A serial port raising `irq` and writing to `out`.
+    pub fn new(irq: IrqLine, out: W) -> Self {
+        Self { serial: Serial::new(irq, out), pending: VecDeque::new() }
+    }
+
+    /// Queues bytes for the guest to read; they enter the FIFO as it drains.
+    pub fn queue_input(&mut self, bytes: &[u8]) {
+        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+        self.pending.extend(&bytes[..bytes.len().min(room)]);
+        self.refill();
+    }
+
+    fn refill(&mut self) {
+        let n = self.serial.fifo_capacity().min(self.pending.len());
+        if n == 0 {
+            return;
+        }
+        let chunk: Vec<u8> = self.pending.iter().take(n).copied().collect();
+        match self.serial.enqueue_raw_bytes(&chunk) {
+            Ok(done) => {
+                self.pending.drain(..done);
+            }
+            Err(e) => log::warn!("serial input: {e:?}"),
+        }
+    }
+
+    /// Bytes waiting beyond the FIFO.
+    pub fn pending_input(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The output writer.
+    pub fn writer_mut(&mut self) -> &mut W {
+        self.serial.writer_mut()
+    }
+}
+
+impl<W: Write + Send> MmioDevice for SerialDevice<W> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Ok(off), Some(first)) = (u8::try_from(offset), data.first_mut()) {
+            *first = self.serial.read(off);
+            if off == RBR {
+                self.refill();
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(off), Some(&value)) = (u8::try_from(offset), data.first()) {
+            if let Err(e) = self.serial.write(off, value) {
+                log::warn!("serial output: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LSR: u64 = 5;
+    const LSR_DATA_READY: u8 = 1;
+
+    #[test]
+    fn output_reaches_the_writer() {
+        let mut s = SerialDevice::new(IrqLine::new().unwrap(), Vec::new());
+        for b in b"hi\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(s.writer_mut().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn input_longer_than_the_fifo_is_delivered_in_order() {
+        let irq = IrqLine::new().unwrap();
+        let mut s = SerialDevice::new(irq, Vec::new());
+        // Enable the received-data interrupt as a driver would.
+        s.write(1, &[1]);
+        let input: Vec<u8> = (0..200u32).map(|i| (i % 251) as u8).collect();
+        s.queue_input(&input);
+        assert_eq!(s.pending_input(), 200 - 64);
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            s.read(LSR, &mut b);
+            if b[0] & LSR_DATA_READY == 0 {
+                break;
+            }
+            s.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, input);
+        assert_eq!(s.pending_input(), 0);
+    }
+
+    #[test]
+    fn odd_offsets_and_empty_accesses_are_harmless() {
+        let mut s = SerialDevice::new(IrqLine::new().unwrap(), Vec::new());
+        let mut big = [0xffu8; 4];
+        s.read(0x1_0000, &mut big);
+        assert_eq!(big, [0; 4]);
+        s.write(0x1_0000, &[1]);
+        s.write(0, &[]);
+        s.read(0, &mut []);
+    }
+}
