@@ -1,5 +1,18 @@
-//! The VMM: command line, API server, VM and vCPU threads, guest memory, devices on the MMIO
-//! bus, snapshots and migration glue. The only crate that owns threads and KVM descriptors.
+//! The VMM: command line, VM and vCPU threads, guest memory, devices on the MMIO bus; later
+//! the API server, snapshots and migration. The only crate that owns threads and KVM
+//! descriptors.
+
+pub mod config;
+pub mod console;
+pub mod events;
+pub mod logger;
+
+#[cfg(target_arch = "aarch64")]
+pub mod builder;
+#[cfg(target_arch = "aarch64")]
+pub mod runner;
+#[cfg(target_arch = "aarch64")]
+pub mod vcpu;
 
 /// The version this binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

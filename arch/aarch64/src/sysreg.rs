@@ -66,6 +66,8 @@ impl SysReg {
 
 /// `MIDR_EL1`: the main ID register.
 pub const MIDR_EL1: SysReg = SysReg::new(3, 0, 0, 0, 0);
+/// `MPIDR_EL1`: the multiprocessor affinity register.
+pub const MPIDR_EL1: SysReg = SysReg::new(3, 0, 0, 0, 5);
 /// `ID_AA64PFR0_EL1`: processor features 0.
 pub const ID_AA64PFR0_EL1: SysReg = SysReg::new(3, 0, 0, 4, 0);
 /// `ID_AA64PFR1_EL1`: processor features 1.

@@ -1,10 +1,13 @@
-//! KVM-specific Arm64 code: ioctls that kvm-ioctls does not wrap, and checks that our
-//! portable encodings agree with kvm-bindings.
+//! KVM-specific Arm64 code: vCPU and vGIC setup, ioctls that kvm-ioctls does not wrap, and
+//! checks that our portable encodings agree with kvm-bindings.
 
+pub mod gic;
+pub mod vcpu;
 mod writable_masks;
 
+pub use gic::{GicError, GicV3};
+pub use vcpu::VcpuInitError;
 pub use writable_masks::{WritableMasks, WritableMasksError};
-
 use crate::sysreg;
 
 // The portable constants must equal the kernel's; checked at compile time on aarch64.

@@ -1,0 +1,245 @@
+//! From a `VmConfig` to a VM ready to run: KVM VM with the host's largest IPA, guest memory,
+//! kernel, initrd and device tree in place, vCPUs initialised, GICv3, and the legacy devices on
+//! the MMIO bus with their interrupts wired through irqfd.
+
+use std::fs::File;
+use std::io::{Cursor, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use linux_loader::loader::KernelLoader;
+use linux_loader::loader::pe::PE;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use arch::fdt::{FdtConfig, create_fdt, standard_rtc, standard_serial};
+use arch::image::{self, ImageError};
+use arch::kvm::{GicError, GicV3, VcpuInitError, vcpu as kvm_vcpu};
+use arch::layout::{BOOT_TIMER_BASE, DRAM_BASE, LEGACY_DEV_SIZE, RTC_BASE, SERIAL_BASE};
+use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
+use devices::{IrqLine, MmioBus};
+
+use crate::config::{ConfigError, VmConfig};
+use crate::console::ConsoleOutput;
+
+/// Errors building a VM; each names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Kernel or initrd.
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel image or its placement is wrong.
+    #[error("kernel {path}: {source}")]
+    Image {
+        /// The kernel's path.
+        path: String,
+        /// Why.
+        #[source]
+        source: ImageError,
+    },
+    /// /dev/kvm is missing or unusable.
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(#[source] kvm_ioctls::Error),
+    /// More vCPUs than KVM allows.
+    #[error("{asked} vCPUs requested, but KVM on this host allows at most {max}")]
+    TooManyVcpus {
+        /// Requested.
+        asked: u32,
+        /// Allowed.
+        max: usize,
+    },
+    /// Memory beyond the guest-physical address space.
+    #[error("{mem_mib} MiB of guest memory does not fit in this host's {ipa_bits}-bit guest physical address space")]
+    MemoryBeyondIpa {
+        /// Requested memory.
+        mem_mib: u32,
+        /// The host's IPA size.
+        ipa_bits: i32,
+    },
+    /// A KVM call failed.
+    #[error("{what} failed: {source}")]
+    KvmCall {
+        /// Which call.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be created or written.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuInitError),
+    /// vGIC setup failed.
+    #[error(transparent)]
+    Gic(#[from] GicError),
+    /// The device tree could not be built.
+    #[error(transparent)]
+    Fdt(#[from] arch::fdt::FdtError),
+    /// A device could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
+}
+
+/// The serial port as the VMM holds it.
+pub type Serial = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
+
+/// A built VM whose vCPUs have not started.
+#[derive(Debug)]
+pub struct BuiltVm {
+    /// The KVM VM.
+    pub vm: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// vCPUs, boot vCPU first.
+    pub vcpus: Vec<VcpuFd>,
+    /// The vGIC (kept alive with the VM).
+    pub gic: GicV3,
+    /// The MMIO bus.
+    pub bus: Arc<MmioBus>,
+    /// The serial port, for console input.
+    pub serial: Serial,
+    /// Where things were placed.
+    pub plan: image::BootPlan,
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|source| BuildError::Read { what, path: path.display().to_string(), source })?;
+    Ok(data)
+}
+
+fn kvm_call<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, BuildError> {
+    r.map_err(|source| BuildError::KvmCall { what, source })
+}
+
+fn rng_seed() -> Vec<u8> {
+    let mut seed = vec![0u8; 64];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        seed.clear();
+    }
+    seed
+}
+
+/// Builds the VM described by `cfg`. Nothing runs yet.
+pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<BuiltVm, BuildError> {
+    cfg.validate()?;
+    let kpath = cfg.kernel.display().to_string();
+    let image_err = |source| BuildError::Image { path: kpath.clone(), source };
+
+    // Everything about the files is checked before KVM is touched.
+    let mut kernel = read_file("kernel", &cfg.kernel)?;
+    if image::is_gzip(&kernel) {
+        kernel = image::gunzip(&kernel).map_err(image_err)?;
+    }
+    let header = image::parse_header(&kernel).map_err(image_err)?;
+    let initrd = cfg.initrd.as_deref().map(|p| read_file("initrd", p)).transpose()?;
+    let mem_size = u64::from(cfg.mem_mib) << 20;
+    let plan = image::plan(DRAM_BASE, mem_size, header, kernel.len() as u64, initrd.as_ref().map(|i| i.len() as u64))
+        .map_err(image_err)?;
+
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    let max = kvm.get_max_vcpus().min(arch::layout::MAX_VCPUS as usize);
+    if cfg.vcpus as usize > max {
+        return Err(BuildError::TooManyVcpus { asked: cfg.vcpus, max });
+    }
+    let ipa_bits = kvm.get_host_ipa_limit();
+    if ipa_bits > 0 && ipa_bits < 64 && DRAM_BASE + mem_size > 1u64 << ipa_bits {
+        return Err(BuildError::MemoryBeyondIpa { mem_mib: cfg.mem_mib, ipa_bits });
+    }
+    let vm = kvm_call("KVM_CREATE_VM", kvm.create_vm())?;
+
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
+        .map_err(|e| BuildError::Memory(e.to_string()))?;
+    let host_addr = mem
+        .get_host_address(GuestAddress(DRAM_BASE))
+        .map_err(|e| BuildError::Memory(e.to_string()))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: DRAM_BASE,
+        memory_size: mem_size,
+        userspace_addr: host_addr as u64,
+    };
+    // SAFETY: the region is `mem`'s mapping, which `BuiltVm` keeps alive as long as the VM.
+    kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe { vm.set_user_memory_region(region) })?;
+
+    let loaded = PE::load(&mem, Some(GuestAddress(DRAM_BASE)), &mut Cursor::new(&kernel), None)
+        .map_err(|e| BuildError::Memory(format!("loading the kernel: {e}")))?;
+    if loaded.kernel_load.0 != plan.kernel {
+        return Err(BuildError::Memory(format!(
+            "kernel loaded at {:#x}, expected {:#x}",
+            loaded.kernel_load.0, plan.kernel
+        )));
+    }
+    drop(kernel);
+    if let (Some(data), Some((addr, _))) = (&initrd, plan.initrd) {
+        mem.write_slice(data, GuestAddress(addr))
+            .map_err(|e| BuildError::Memory(format!("writing the initrd: {e}")))?;
+    }
+    drop(initrd);
+
+    let mut vcpus = Vec::new();
+    let mut mpidrs = Vec::new();
+    for i in 0..cfg.vcpus {
+        let vcpu = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(i)))?;
+        kvm_vcpu::init(&vm, &vcpu, i == 0)?;
+        mpidrs.push(kvm_vcpu::mpidr(&vcpu)?);
+        vcpus.push(vcpu);
+    }
+    let gic = GicV3::create(&vm)?;
+
+    let mut bus = MmioBus::new();
+    let serial_irq = IrqLine::new().map_err(|e| BuildError::Device(format!("serial interrupt: {e}")))?;
+    kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(serial_irq.eventfd(), arch::layout::SERIAL_SPI))?;
+    let serial: Serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
+    bus.insert(SERIAL_BASE, LEGACY_DEV_SIZE, serial.clone()).map_err(|e| BuildError::Device(e.to_string()))?;
+    bus.insert(RTC_BASE, LEGACY_DEV_SIZE, Arc::new(Mutex::new(RtcDevice::new())))
+        .map_err(|e| BuildError::Device(e.to_string()))?;
+    if cfg.boot_timer {
+        let timer = BootTimer::new(
+            start,
+            Box::new(|d| {
+                log::info!("Guest-boot-time = {:>6} us {} ms", d.as_micros(), d.as_millis());
+            }),
+        );
+        bus.insert(BOOT_TIMER_BASE, LEGACY_DEV_SIZE, Arc::new(Mutex::new(timer)))
+            .map_err(|e| BuildError::Device(e.to_string()))?;
+    }
+
+    let fdt = create_fdt(&FdtConfig {
+        mpidrs,
+        mem_base: DRAM_BASE,
+        mem_size,
+        cmdline: cfg.guest_cmdline(),
+        initrd: plan.initrd,
+        serial: Some(standard_serial()),
+        rtc: Some(standard_rtc()),
+        virtio: Vec::new(),
+        rng_seed: rng_seed(),
+    })?;
+    mem.write_slice(&fdt, GuestAddress(plan.fdt))
+        .map_err(|e| BuildError::Memory(format!("writing the device tree: {e}")))?;
+    let boot = vcpus.first().ok_or_else(|| BuildError::Device("no vCPU".into()))?;
+    kvm_vcpu::set_boot_regs(boot, plan.kernel, plan.fdt)?;
+
+    Ok(BuiltVm { vm, mem, vcpus, gic, bus: Arc::new(bus), serial, plan })
+}

@@ -1,0 +1,303 @@
+//! The VM configuration, from the command line or from a Firecracker-style JSON config file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::console::ConsoleConfig;
+
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Default number of vCPUs.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEM_MIB: u32 = 128;
+/// Largest guest memory accepted, in MiB (the IPA size may lower it further).
+pub const MAX_MEM_MIB: u32 = 1 << 20;
+
+/// What to do when the guest asks for a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetPolicy {
+    /// Exit the VMM, as Firecracker does.
+    #[default]
+    Exit,
+    /// Boot the guest again from the same configuration.
+    Reboot,
+}
+
+/// Errors in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON is malformed, has an unknown key or a wrong type.
+    #[error("invalid config file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A Firecracker section this VMM does not support yet.
+    #[error("config file section '{0}' is not supported yet")]
+    UnsupportedSection(&'static str),
+    /// A Firecracker setting this VMM does not support yet.
+    #[error("{0} is not supported yet")]
+    UnsupportedSetting(String),
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything needed to boot a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The kernel: an arm64 `Image`, raw or gzip-compressed.
+    pub kernel: PathBuf,
+    /// The initrd, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line, before the VMM's additions.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Where the serial console goes.
+    pub console: ConsoleConfig,
+    /// What a guest reset does.
+    pub on_reset: ResetPolicy,
+    /// Whether the boot-timer device reports the guest's boot time.
+    pub boot_timer: bool,
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: PathBuf) -> Self {
+        Self {
+            kernel,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            vcpus: DEFAULT_VCPUS,
+            mem_mib: DEFAULT_MEM_MIB,
+            console: ConsoleConfig::Stdio,
+            on_reset: ResetPolicy::Exit,
+            boot_timer: false,
+        }
+    }
+
+    /// Checks what can be checked without KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::Invalid("vcpu count must be at least 1".into()));
+        }
+        let max = arch::layout::MAX_VCPUS;
+        if self.vcpus > max {
+            return Err(ConfigError::Invalid(format!(
+                "vcpu count {} exceeds the maximum of {max}",
+                self.vcpus
+            )));
+        }
+        if self.mem_mib == 0 {
+            return Err(ConfigError::Invalid("memory size must be at least 1 MiB".into()));
+        }
+        if self.mem_mib > MAX_MEM_MIB {
+            return Err(ConfigError::Invalid(format!(
+                "memory size {} MiB exceeds the maximum of {MAX_MEM_MIB} MiB",
+                self.mem_mib
+            )));
+        }
+        Ok(())
+    }
+
+    /// The command line the guest gets: the configured one plus an early console on the
+    /// serial port and, with the boot timer, where to report boot completion.
+    pub fn guest_cmdline(&self) -> String {
+        let base = self.cmdline.trim();
+        let has = |key: &str| base.split_whitespace().any(|w| w == key || w.starts_with(&format!("{key}=")));
+        let mut c = base.to_string();
+        if !has("earlycon") && self.console != ConsoleConfig::None {
+            c.push_str(&format!(" earlycon=uart,mmio,{:#x}", arch::layout::SERIAL_BASE));
+        }
+        if self.boot_timer && !has("vmm.boot_timer") {
+            c.push_str(&format!(" vmm.boot_timer={:#x}", arch::layout::BOOT_TIMER_BASE));
+        }
+        c.trim().to_string()
+    }
+
+    /// Reads a Firecracker-style JSON config file (`boot-source`, `machine-config`).
+    pub fn from_firecracker_json(text: &str) -> Result<Self, ConfigError> {
+        let fc: FcConfig = serde_json::from_str(text)?;
+        for (name, value) in [
+            ("drives", &fc.drives),
+            ("network-interfaces", &fc.network_interfaces),
+            ("vsock", &fc.vsock),
+            ("entropy", &fc.entropy),
+            ("balloon", &fc.balloon),
+            ("logger", &fc.logger),
+            ("metrics", &fc.metrics),
+            ("mmds-config", &fc.mmds_config),
+            ("cpu-config", &fc.cpu_config),
+        ] {
+            let empty = match value {
+                None | Some(serde_json::Value::Null) => true,
+                Some(serde_json::Value::Array(a)) => a.is_empty(),
+                Some(_) => false,
+            };
+            if !empty {
+                return Err(ConfigError::UnsupportedSection(name));
+            }
+        }
+        let mut cfg = Self::new(fc.boot_source.kernel_image_path);
+        cfg.initrd = fc.boot_source.initrd_path;
+        if let Some(args) = fc.boot_source.boot_args {
+            cfg.cmdline = args;
+        }
+        if let Some(m) = fc.machine_config {
+            cfg.vcpus = m.vcpu_count;
+            cfg.mem_mib = m.mem_size_mib;
+            if m.smt {
+                return Err(ConfigError::UnsupportedSetting("machine-config smt=true (Arm64 has no SMT)".into()));
+            }
+            if let Some(t) = m.cpu_template.filter(|t| t != "None") {
+                return Err(ConfigError::UnsupportedSetting(format!("machine-config cpu_template '{t}'")));
+            }
+            if let Some(h) = m.huge_pages.filter(|h| h != "None") {
+                return Err(ConfigError::UnsupportedSetting(format!("machine-config huge_pages '{h}'")));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcConfig {
+    #[serde(rename = "boot-source")]
+    boot_source: FcBootSource,
+    #[serde(rename = "machine-config")]
+    machine_config: Option<FcMachineConfig>,
+    drives: Option<serde_json::Value>,
+    #[serde(rename = "network-interfaces")]
+    network_interfaces: Option<serde_json::Value>,
+    vsock: Option<serde_json::Value>,
+    entropy: Option<serde_json::Value>,
+    balloon: Option<serde_json::Value>,
+    logger: Option<serde_json::Value>,
+    metrics: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config")]
+    mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config")]
+    cpu_config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcBootSource {
+    kernel_image_path: PathBuf,
+    boot_args: Option<String>,
+    initrd_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FcMachineConfig {
+    vcpu_count: u32,
+    mem_size_mib: u32,
+    #[serde(default)]
+    smt: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    track_dirty_pages: bool,
+    cpu_template: Option<String>,
+    huge_pages: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": "/i"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 512, "smt": false, "track_dirty_pages": false},
+        "drives": [], "network-interfaces": []
+    }"#;
+
+    #[test]
+    fn firecracker_layout_is_read() {
+        let c = VmConfig::from_firecracker_json(GOOD).unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!((c.vcpus, c.mem_mib), (2, 512));
+    }
+
+    #[test]
+    fn machine_config_defaults_when_absent() {
+        let c = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
+        assert_eq!((c.vcpus, c.mem_mib, c.cmdline.as_str()), (1, 128, DEFAULT_CMDLINE));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k", "kernel": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_sections_are_named() {
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "config file section 'drives' is not supported yet");
+        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'vsock'"), "{e}");
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_types_are_errors() {
+        assert!(VmConfig::from_firecracker_json("{").unwrap_err().to_string().starts_with("invalid config file"));
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": "two", "mem_size_mib": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = VmConfig::from_firecracker_json(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `boot-source`"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = VmConfig::new("/k".into());
+        c.vcpus = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("at least 1"));
+        c.vcpus = 500;
+        assert!(c.validate().unwrap_err().to_string().contains("exceeds the maximum of 123"));
+        c.vcpus = 1;
+        c.mem_mib = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("memory size"));
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("vcpu count"));
+    }
+
+    #[test]
+    fn cmdline_gets_earlycon_and_boot_timer() {
+        let mut c = VmConfig::new("/k".into());
+        assert_eq!(c.guest_cmdline(), "console=ttyS0 reboot=k panic=1 earlycon=uart,mmio,0x9000000");
+        c.cmdline = "earlycon console=ttyS0".into();
+        c.boot_timer = true;
+        assert_eq!(c.guest_cmdline(), "earlycon console=ttyS0 vmm.boot_timer=0x9020000");
+        c.console = ConsoleConfig::None;
+        c.cmdline = "quiet".into();
+        assert_eq!(c.guest_cmdline(), "quiet vmm.boot_timer=0x9020000");
+    }
+}

@@ -1,0 +1,225 @@
+//! vCPU threads. Each owns its `VcpuFd` and runs KVM_RUN in a loop, dispatching MMIO exits to
+//! the bus and reporting system events. Any vCPU can be paused outside KVM_RUN and resumed:
+//! the pauser sets the request, then kicks the thread with a real-time signal until the
+//! thread confirms, so a kick that lands just before KVM_RUN is simply repeated.
+//!
+//! ```text
+//! VMM thread                         vCPU thread
+//!   want = Pause ------------------>  (in KVM_RUN)
+//!   pthread_kill(SIGRTMIN) -------->  KVM_RUN returns EINTR
+//!   wait until paused <------------   sees want = Pause: paused = true, waits
+//!   want = Run, notify ------------>  paused = false, back into KVM_RUN
+//! ```
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use devices::MmioBus;
+
+use crate::events::{EventSender, VmEvent};
+
+/// How often a pause or stop request re-sends the kick until the vCPU confirms.
+const KICK_RETRY: Duration = Duration::from_millis(1);
+
+/// Errors managing vCPU threads.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The thread could not be started.
+    #[error("cannot start vCPU thread {0}: {1}")]
+    Spawn(usize, #[source] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Run,
+    Pause,
+    Stop,
+}
+
+#[derive(Debug)]
+struct Shared {
+    want: Want,
+    paused: bool,
+    exited: bool,
+}
+
+#[derive(Debug)]
+struct Control {
+    state: Mutex<Shared>,
+    cv: Condvar,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the (empty) kick handler once per process; its only job is to interrupt KVM_RUN.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+/// A running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    index: usize,
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Starts a thread running `vcpu`.
+    pub fn spawn(index: usize, vcpu: VcpuFd, bus: Arc<MmioBus>, events: EventSender) -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        let control = Arc::new(Control {
+            state: Mutex::new(Shared { want: Want::Run, paused: false, exited: false }),
+            cv: Condvar::new(),
+        });
+        let c = control.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run_loop(index, vcpu, &bus, &events, &c))
+            .map_err(|e| VcpuError::Spawn(index, e))?;
+        Ok(Self { index, control, thread: Some(thread) })
+    }
+
+    /// The vCPU's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    fn request_and_wait(&self, want: Want, done: fn(&Shared) -> bool) {
+        let mut s = self.control.lock();
+        s.want = want;
+        self.control.cv.notify_all();
+        while !done(&s) && !s.exited {
+            if let Some(t) = &self.thread {
+                let _ = t.kill(kick_signal());
+            }
+            s = self
+                .control
+                .cv
+                .wait_timeout(s, KICK_RETRY)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Stops the vCPU outside KVM_RUN; returns once it is parked (or has exited).
+    pub fn pause(&self) {
+        self.request_and_wait(Want::Pause, |s| s.paused);
+    }
+
+    /// Lets a paused vCPU run again.
+    pub fn resume(&self) {
+        let mut s = self.control.lock();
+        if s.want == Want::Pause {
+            s.want = Want::Run;
+            self.control.cv.notify_all();
+        }
+    }
+
+    /// Whether the vCPU is parked by a pause.
+    pub fn is_paused(&self) -> bool {
+        self.control.lock().paused
+    }
+
+    /// Stops the thread and waits for it to end.
+    pub fn stop(mut self) {
+        self.request_and_wait(Want::Stop, |s| s.exited);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.request_and_wait(Want::Stop, |s| s.exited);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Parks while paused; returns false when the thread must end.
+fn checkpoint(c: &Control) -> bool {
+    let mut s = c.lock();
+    while s.want == Want::Pause {
+        if !s.paused {
+            s.paused = true;
+            c.cv.notify_all();
+        }
+        s = c.cv.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    s.paused = false;
+    s.want != Want::Stop
+}
+
+fn finish(c: &Control) {
+    let mut s = c.lock();
+    s.exited = true;
+    s.paused = false;
+    c.cv.notify_all();
+}
+
+fn run_loop(index: usize, mut vcpu: VcpuFd, bus: &MmioBus, events: &EventSender, c: &Control) {
+    while checkpoint(c) {
+        match vcpu.run() {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !bus.read(addr, data) {
+                    log::debug!("vcpu{index}: read of unmapped MMIO {addr:#x}");
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !bus.write(addr, data) {
+                    log::debug!("vcpu{index}: write to unmapped MMIO {addr:#x}");
+                }
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => events.send(VmEvent::Shutdown),
+                    KVM_SYSTEM_EVENT_RESET => events.send(VmEvent::Reset),
+                    other => events.send(VmEvent::VcpuError {
+                        index,
+                        message: format!("unexpected system event {other}"),
+                    }),
+                }
+                break;
+            }
+            Ok(VcpuExit::Intr) => {}
+            Ok(other) => {
+                events.send(VmEvent::VcpuError { index, message: format!("unexpected exit {other:?}") });
+                break;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                events.send(VmEvent::VcpuError { index, message: format!("KVM_RUN failed: {e}") });
+                break;
+            }
+        }
+    }
+    finish(c);
+}
