@@ -63,6 +63,11 @@ pub fn subs_imm(rd: u32, rn: u32, imm12: u32) -> u32 {
     0xf100_0000 | (imm12 << 10) | (reg(rn) << 5) | reg(rd)
 }
 
+/// `b` by a signed number of instructions.
+pub fn b(offset_instrs: i32) -> u32 {
+    0x1400_0000 | ((offset_instrs as u32) & 0x03ff_ffff)
+}
+
 /// `b.ne` by a signed number of instructions.
 pub fn b_ne(offset_instrs: i32) -> u32 {
     0x5400_0001 | (((offset_instrs as u32) & 0x7ffff) << 5)
@@ -96,6 +101,8 @@ mod tests {
         assert_eq!(subs_imm(0, 0, 1), 0xf100_0400); // subs x0, x0, #1
         assert_eq!(b_ne(-1), 0x54ff_ffe1); // b.ne .-4
         assert_eq!(HVC_0, 0xd400_0002); // hvc #0
+        assert_eq!(b(-2), 0x17ff_fffe); // b .-8
+        assert_eq!(b(0), B_SELF);
     }
 
     #[test]

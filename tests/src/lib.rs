@@ -1,7 +1,11 @@
 //! Support code for the scenario tests: a tiny A64 instruction encoder for hand-assembled
 //! guests (portable, unit-tested on any host) and, on aarch64, a minimal KVM VM fixture.
 
+// Test support: a failed expectation must fail the test loudly.
+#![allow(clippy::panic)]
+
 pub mod a64;
+pub mod guest;
 
 #[cfg(target_arch = "aarch64")]
 pub mod kvm_fixture;
