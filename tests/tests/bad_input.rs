@@ -59,7 +59,7 @@ fn memory_of_zero_or_too_small_for_the_kernel() {
     let k = kernel.to_str().expect("utf-8");
     assert_refused(&run_args(k, &["--memory", "0"]), "memory size must be at least 1 MiB");
     assert_refused(&run_args(k, &["--memory", "16"]), "too small for this kernel");
-    assert_refused(&run_args(k, &["--memory", "-5"]), "invalid value");
+    assert_refused(&run_args(k, &["--memory=-5"]), "invalid value");
 }
 
 #[test]
