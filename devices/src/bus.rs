@@ -38,7 +38,9 @@ pub struct MmioBus {
 
 impl std::fmt::Debug for MmioBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MmioBus").field("ranges", &self.devices.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("MmioBus")
+            .field("ranges", &self.devices.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -53,7 +55,9 @@ impl MmioBus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         let before = self.devices.range(..end).next_back();
         if let Some((b, (l, _))) = before {
             if b + l > base {
@@ -74,7 +78,9 @@ impl MmioBus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(off, data);
+                dev.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .read(off, data);
                 true
             }
             None => {
@@ -88,7 +94,9 @@ impl MmioBus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write(off, data);
+                dev.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .write(off, data);
                 true
             }
             None => false,
@@ -129,7 +137,8 @@ mod tests {
     #[test]
     fn unmapped_and_straddling_accesses_miss() {
         let mut bus = MmioBus::new();
-        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Echo::default()))).unwrap();
+        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Echo::default())))
+            .unwrap();
         let mut b = [0xffu8; 8];
         assert!(!bus.read(0x2000, &mut b));
         assert_eq!(b, [0; 8]);
@@ -142,8 +151,20 @@ mod tests {
         let mut bus = MmioBus::new();
         let d = || -> SharedDevice { Arc::new(Mutex::new(Echo::default())) };
         bus.insert(0x1000, 0x100, d()).unwrap();
-        assert_eq!(bus.insert(0x10ff, 0x10, d()), Err(BusError::Overlap { base: 0x10ff, len: 0x10 }));
-        assert_eq!(bus.insert(0xf00, 0x101, d()), Err(BusError::Overlap { base: 0xf00, len: 0x101 }));
+        assert_eq!(
+            bus.insert(0x10ff, 0x10, d()),
+            Err(BusError::Overlap {
+                base: 0x10ff,
+                len: 0x10
+            })
+        );
+        assert_eq!(
+            bus.insert(0xf00, 0x101, d()),
+            Err(BusError::Overlap {
+                base: 0xf00,
+                len: 0x101
+            })
+        );
         assert_eq!(bus.insert(0x0, 0, d()), Err(BusError::Empty(0)));
         bus.insert(0x1100, 0x100, d()).unwrap();
         bus.insert(0xf00, 0x100, d()).unwrap();

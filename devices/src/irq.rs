@@ -11,7 +11,9 @@ pub struct IrqLine {
 impl IrqLine {
     /// A new line, not yet connected to the guest.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { evt: EventFd::new(EFD_NONBLOCK)? })
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// The EventFd to register with KVM as an irqfd.

@@ -13,12 +13,17 @@ pub const PATIENCE: Duration = Duration::from_secs(300);
 
 /// The `vmm` binary: `$VMM_BIN`, else `vmm` on PATH.
 pub fn vmm_bin() -> PathBuf {
-    std::env::var_os("VMM_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("vmm"))
+    std::env::var_os("VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("vmm"))
 }
 
 /// A guest artifact named by an environment variable (`GUEST_KERNEL`, ...).
 pub fn artifact(var: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(var).unwrap_or_else(|| panic!("{var} is not set: run inside `cargo xtask host`")))
+    PathBuf::from(
+        std::env::var_os(var)
+            .unwrap_or_else(|| panic!("{var} is not set: run inside `cargo xtask host`")),
+    )
 }
 
 /// A running `vmm` whose console is on its stdio.
@@ -46,14 +51,27 @@ impl Guest {
         let stdin = child.stdin.take();
         let lines = pump_lines(child.stdout.take().expect("stdout"));
         let stderr = pump_lines(child.stderr.take().expect("stderr"));
-        Self { child, stdin, lines, stderr, transcript: Vec::new(), seq: 0 }
+        Self {
+            child,
+            stdin,
+            lines,
+            stderr,
+            transcript: Vec::new(),
+            seq: 0,
+        }
     }
 
     /// Boots the standard guest (kernel + initrd) with extra `vmm run` arguments.
     pub fn boot(extra: &[&str]) -> Self {
         let kernel = artifact("GUEST_KERNEL");
         let initrd = artifact("GUEST_INITRD");
-        let mut args = vec!["run", "--kernel", kernel.to_str().expect("utf-8"), "--initrd", initrd.to_str().expect("utf-8")];
+        let mut args = vec![
+            "run",
+            "--kernel",
+            kernel.to_str().expect("utf-8"),
+            "--initrd",
+            initrd.to_str().expect("utf-8"),
+        ];
         args.extend_from_slice(extra);
         let mut g = Self::start(&args);
         g.wait_for("GUEST_READY");
@@ -80,13 +98,18 @@ impl Guest {
                 return l;
             }
         }
-        panic!("console never showed {needle:?}; stderr: {}", self.stderr_text());
+        panic!(
+            "console never showed {needle:?}; stderr: {}",
+            self.stderr_text()
+        );
     }
 
     /// Sends raw text to the console.
     pub fn send(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(text.as_bytes()).expect("write to the console");
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write to the console");
         stdin.flush().expect("flush the console");
     }
 
@@ -95,7 +118,10 @@ impl Guest {
         self.seq += 1;
         // The quotes split the markers in the echoed input, so only real output matches.
         let (start, end) = (format!("@@B{}@@", self.seq), format!("@@E{}@@", self.seq));
-        self.send(&format!("echo '@@B{0}''@@'; {cmd}; echo '@@E{0}''@@'\n", self.seq));
+        self.send(&format!(
+            "echo '@@B{0}''@@'; {cmd}; echo '@@E{0}''@@'\n",
+            self.seq
+        ));
         let deadline = Instant::now() + PATIENCE;
         let mut out = Vec::new();
         let mut inside = false;
@@ -108,7 +134,10 @@ impl Guest {
                 out.push(l.trim_end().to_string());
             }
         }
-        panic!("command {cmd:?} did not finish; stderr: {}", self.stderr_text());
+        panic!(
+            "command {cmd:?} did not finish; stderr: {}",
+            self.stderr_text()
+        );
     }
 
     /// Waits for the process to end; returns its status and stderr.
@@ -117,7 +146,10 @@ impl Guest {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for vmm") {
-                while self.next_line(Instant::now() + Duration::from_millis(200)).is_some() {}
+                while self
+                    .next_line(Instant::now() + Duration::from_millis(200))
+                    .is_some()
+                {}
                 let err = self.stderr_text();
                 return (status, err);
             }
@@ -154,8 +186,15 @@ fn pump_lines<R: Read + Send + 'static>(r: R) -> Receiver<String> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(r);
         let mut buf = Vec::new();
-        while reader.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
-            let line = String::from_utf8_lossy(&buf).replace('\r', "").trim_end_matches('\n').to_string();
+        while reader
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let line = String::from_utf8_lossy(&buf)
+                .replace('\r', "")
+                .trim_end_matches('\n')
+                .to_string();
             buf.clear();
             if tx.send(line).is_err() {
                 break;
@@ -167,7 +206,11 @@ fn pump_lines<R: Read + Send + 'static>(r: R) -> Receiver<String> {
 
 /// Runs `vmm` with arguments that must be refused; returns (exit code, stderr).
 pub fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(vmm_bin()).args(args).stdin(Stdio::null()).output().expect("run vmm");
+    let out = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vmm");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "vmm panicked: {stderr}");
     (out.status.code(), stderr)

@@ -12,8 +12,14 @@ fn run_args<'a>(kernel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 fn assert_refused(args: &[&str], needle: &str) {
     let (code, stderr) = refused(args);
-    assert!(matches!(code, Some(c) if c != 0), "exit {code:?} for {args:?}");
-    assert!(stderr.contains(needle), "stderr for {args:?} lacks {needle:?}: {stderr}");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit {code:?} for {args:?}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr for {args:?} lacks {needle:?}: {stderr}"
+    );
 }
 
 fn temp(name: &str, data: &[u8]) -> String {
@@ -24,19 +30,28 @@ fn temp(name: &str, data: &[u8]) -> String {
 
 #[test]
 fn missing_or_unreadable_kernel() {
-    assert_refused(&run_args("/nonexistent/Image", &[]), "cannot read kernel /nonexistent/Image");
+    assert_refused(
+        &run_args("/nonexistent/Image", &[]),
+        "cannot read kernel /nonexistent/Image",
+    );
     assert_refused(&run_args("/tmp", &[]), "cannot read kernel /tmp");
 }
 
 #[test]
 fn a_file_that_is_not_an_arm64_image() {
-    let text = temp("text", b"#!/bin/sh\necho this is not a kernel, but it is long enough to have a header\n");
+    let text = temp(
+        "text",
+        b"#!/bin/sh\necho this is not a kernel, but it is long enough to have a header\n",
+    );
     assert_refused(&run_args(&text, &[]), "not an arm64 Linux Image");
     let short = temp("short", b"tiny");
     assert_refused(&run_args(&short, &[]), "too short");
     // A gzip file that holds something else than a kernel.
     let initrd = artifact("GUEST_INITRD");
-    assert_refused(&run_args(initrd.to_str().expect("utf-8"), &[]), "not an arm64 Linux Image");
+    assert_refused(
+        &run_args(initrd.to_str().expect("utf-8"), &[]),
+        "not an arm64 Linux Image",
+    );
 }
 
 #[test]
@@ -44,11 +59,22 @@ fn an_initrd_too_large_for_guest_memory() {
     let kernel = artifact("GUEST_KERNEL");
     let rootfs = artifact("GUEST_ROOTFS"); // 64 MiB
     assert_refused(
-        &run_args(kernel.to_str().expect("utf-8"), &["--initrd", rootfs.to_str().expect("utf-8"), "--memory", "96"]),
+        &run_args(
+            kernel.to_str().expect("utf-8"),
+            &[
+                "--initrd",
+                rootfs.to_str().expect("utf-8"),
+                "--memory",
+                "96",
+            ],
+        ),
         "does not fit in guest memory",
     );
     assert_refused(
-        &run_args(kernel.to_str().expect("utf-8"), &["--initrd", "/nonexistent/initrd"]),
+        &run_args(
+            kernel.to_str().expect("utf-8"),
+            &["--initrd", "/nonexistent/initrd"],
+        ),
         "cannot read initrd /nonexistent/initrd",
     );
 }
@@ -57,8 +83,14 @@ fn an_initrd_too_large_for_guest_memory() {
 fn memory_of_zero_or_too_small_for_the_kernel() {
     let kernel = artifact("GUEST_KERNEL");
     let k = kernel.to_str().expect("utf-8");
-    assert_refused(&run_args(k, &["--memory", "0"]), "memory size must be at least 1 MiB");
-    assert_refused(&run_args(k, &["--memory", "16"]), "too small for this kernel");
+    assert_refused(
+        &run_args(k, &["--memory", "0"]),
+        "memory size must be at least 1 MiB",
+    );
+    assert_refused(
+        &run_args(k, &["--memory", "16"]),
+        "too small for this kernel",
+    );
     assert_refused(&run_args(k, &["--memory=-5"]), "invalid value");
 }
 
@@ -66,24 +98,48 @@ fn memory_of_zero_or_too_small_for_the_kernel() {
 fn vcpus_of_zero_or_more_than_allowed() {
     let kernel = artifact("GUEST_KERNEL");
     let k = kernel.to_str().expect("utf-8");
-    assert_refused(&run_args(k, &["--vcpus", "0"]), "vcpu count must be at least 1");
-    assert_refused(&run_args(k, &["--vcpus", "124"]), "exceeds the maximum of 123");
+    assert_refused(
+        &run_args(k, &["--vcpus", "0"]),
+        "vcpu count must be at least 1",
+    );
+    assert_refused(
+        &run_args(k, &["--vcpus", "124"]),
+        "exceeds the maximum of 123",
+    );
 }
 
 #[test]
 fn config_file_errors_name_the_problem() {
     let kernel = artifact("GUEST_KERNEL");
     let k = kernel.display();
-    let unknown = temp("unknown.json", format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "frobnicate": 1}}"#).as_bytes());
-    assert_refused(&["--config-file", &unknown, "--no-api"], "unknown field `frobnicate`");
-    let malformed = temp("malformed.json", br#"{"boot-source": {"kernel_image_path": "#);
-    assert_refused(&["--config-file", &malformed, "--no-api"], "invalid config file");
+    let unknown = temp(
+        "unknown.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "frobnicate": 1}}"#).as_bytes(),
+    );
+    assert_refused(
+        &["--config-file", &unknown, "--no-api"],
+        "unknown field `frobnicate`",
+    );
+    let malformed = temp(
+        "malformed.json",
+        br#"{"boot-source": {"kernel_image_path": "#,
+    );
+    assert_refused(
+        &["--config-file", &malformed, "--no-api"],
+        "invalid config file",
+    );
     let drives = temp(
         "drives.json",
         format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "drives": [{{"drive_id": "root"}}]}}"#).as_bytes(),
     );
-    assert_refused(&["--config-file", &drives, "--no-api"], "section 'drives' is not supported yet");
-    assert_refused(&["--config-file", "/nonexistent.json", "--no-api"], "cannot read config file /nonexistent.json");
+    assert_refused(
+        &["--config-file", &drives, "--no-api"],
+        "section 'drives' is not supported yet",
+    );
+    assert_refused(
+        &["--config-file", "/nonexistent.json", "--no-api"],
+        "cannot read config file /nonexistent.json",
+    );
 }
 
 #[test]

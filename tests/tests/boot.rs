@@ -9,13 +9,20 @@ use vmm_tests::guest::{Guest, artifact};
 fn mem_total_kib(g: &mut Guest) -> u64 {
     let out = g.sh("grep MemTotal /proc/meminfo");
     let line = out.first().expect("a MemTotal line");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("MemTotal: <KiB> kB")
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal: <KiB> kB")
 }
 
 fn power_off(mut g: Guest) {
     g.send("poweroff -f\n");
     let (status, stderr) = g.wait_exit();
-    assert_eq!(status.code(), Some(0), "poweroff must end vmm with 0; stderr: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "poweroff must end vmm with 0; stderr: {stderr}"
+    );
 }
 
 /// Boots with `vcpus` and `mib`, checks what the guest sees, powers off.
@@ -28,7 +35,10 @@ fn boot_and_check(vcpus: u32, mib: u64) {
     // MemTotal is RAM minus the kernel image and early reservations (a few percent).
     let ram = mib * 1024;
     let low = (ram * 95 / 100).saturating_sub(64 * 1024);
-    assert!((low..=ram).contains(&total), "MemTotal {total} KiB for {mib} MiB of RAM");
+    assert!(
+        (low..=ram).contains(&total),
+        "MemTotal {total} KiB for {mib} MiB of RAM"
+    );
     power_off(g);
 }
 
@@ -51,7 +61,10 @@ fn four_vcpus_and_2_gib() {
 fn the_rtc_shows_the_host_date() {
     let mut g = Guest::boot(&[]);
     let guest: i64 = g.sh("date +%s")[0].parse().expect("a number of seconds");
-    let host = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let host = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     assert!((guest - host).abs() <= 60, "guest {guest} vs host {host}");
     // The kernel took its time from the PL031 at boot.
     assert!(g.sh("dmesg | grep -c 'rtc-pl031.*setting system clock'")[0] != "0");
@@ -74,8 +87,17 @@ fn a_reset_reboots_with_on_reset_reboot() {
     g.send("reboot -f\n");
     g.wait_for("GUEST_READY");
     // A fresh boot: the first boot's tmpfs file is gone.
-    assert_eq!(g.sh("ls /tmp/first-boot 2>&1 | grep -c 'No such file'"), vec!["1".to_string()]);
-    assert_eq!(g.transcript.iter().filter(|l| l.contains("GUEST_READY")).count(), 2);
+    assert_eq!(
+        g.sh("ls /tmp/first-boot 2>&1 | grep -c 'No such file'"),
+        vec!["1".to_string()]
+    );
+    assert_eq!(
+        g.transcript
+            .iter()
+            .filter(|l| l.contains("GUEST_READY"))
+            .count(),
+        2
+    );
     power_off(g);
 }
 
@@ -105,7 +127,10 @@ fn the_config_file_boots_the_same_guest() {
     g.wait_for("GUEST_READY");
     assert_eq!(g.sh("nproc"), vec!["2".to_string()]);
     let total = mem_total_kib(&mut g);
-    assert!((192 * 1024..=256 * 1024).contains(&total), "MemTotal {total}");
+    assert!(
+        (192 * 1024..=256 * 1024).contains(&total),
+        "MemTotal {total}"
+    );
     assert!(g.sh("cat /proc/cmdline")[0].contains("earlycon=uart,mmio,0x9000000"));
     power_off(g);
 }

@@ -19,14 +19,19 @@ fn a_guest_loop_survives_100_pause_resume_cycles() {
     // loop: x5 += 1; [x1] = x5; b loop
     t.load(&[a64::add_imm(5, 5, 1), a64::str_x(5, 1, 0), a64::b(-2)]);
     t.set_reg(arch::sysreg::xreg_id(1), counter.0);
-    let TestVm { vm: _vm, vcpu, mem, .. } = t;
+    let TestVm {
+        vm: _vm, vcpu, mem, ..
+    } = t;
     let (tx, rx) = events::channel().expect("event channel");
     let handle = VcpuHandle::spawn(0, vcpu, Arc::new(MmioBus::new()), tx).expect("spawn vcpu");
     let read = || mem.read_obj::<u64>(counter).expect("read counter");
     let wait_progress = |from: u64| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while read() <= from {
-            assert!(Instant::now() < deadline, "the guest loop made no progress after resume");
+            assert!(
+                Instant::now() < deadline,
+                "the guest loop made no progress after resume"
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     };

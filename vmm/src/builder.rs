@@ -62,7 +62,9 @@ pub enum BuildError {
         max: usize,
     },
     /// Memory beyond the guest-physical address space.
-    #[error("{mem_mib} MiB of guest memory does not fit in this host's {ipa_bits}-bit guest physical address space")]
+    #[error(
+        "{mem_mib} MiB of guest memory does not fit in this host's {ipa_bits}-bit guest physical address space"
+    )]
     MemoryBeyondIpa {
         /// Requested memory.
         mem_mib: u32,
@@ -121,7 +123,11 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|source| BuildError::Read { what, path: path.display().to_string(), source })?;
+        .map_err(|source| BuildError::Read {
+            what,
+            path: path.display().to_string(),
+            source,
+        })?;
     Ok(data)
 }
 
@@ -140,10 +146,17 @@ fn rng_seed() -> Vec<u8> {
 }
 
 /// Builds the VM described by `cfg`. Nothing runs yet.
-pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<BuiltVm, BuildError> {
+pub fn build(
+    cfg: &VmConfig,
+    console: ConsoleOutput,
+    start: Instant,
+) -> Result<BuiltVm, BuildError> {
     cfg.validate()?;
     let kpath = cfg.kernel.display().to_string();
-    let image_err = |source| BuildError::Image { path: kpath.clone(), source };
+    let image_err = |source| BuildError::Image {
+        path: kpath.clone(),
+        source,
+    };
 
     // Everything about the files is checked before KVM is touched.
     let mut kernel = read_file("kernel", &cfg.kernel)?;
@@ -151,24 +164,41 @@ pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<B
         kernel = image::gunzip(&kernel).map_err(image_err)?;
     }
     let header = image::parse_header(&kernel).map_err(image_err)?;
-    let initrd = cfg.initrd.as_deref().map(|p| read_file("initrd", p)).transpose()?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| read_file("initrd", p))
+        .transpose()?;
     let mem_size = u64::from(cfg.mem_mib) << 20;
-    let plan = image::plan(DRAM_BASE, mem_size, header, kernel.len() as u64, initrd.as_ref().map(|i| i.len() as u64))
-        .map_err(image_err)?;
+    let plan = image::plan(
+        DRAM_BASE,
+        mem_size,
+        header,
+        kernel.len() as u64,
+        initrd.as_ref().map(|i| i.len() as u64),
+    )
+    .map_err(image_err)?;
 
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
     let max = kvm.get_max_vcpus().min(arch::layout::MAX_VCPUS as usize);
     if cfg.vcpus as usize > max {
-        return Err(BuildError::TooManyVcpus { asked: cfg.vcpus, max });
+        return Err(BuildError::TooManyVcpus {
+            asked: cfg.vcpus,
+            max,
+        });
     }
     let ipa_bits = kvm.get_host_ipa_limit();
     if ipa_bits > 0 && ipa_bits < 64 && DRAM_BASE + mem_size > 1u64 << ipa_bits {
-        return Err(BuildError::MemoryBeyondIpa { mem_mib: cfg.mem_mib, ipa_bits });
+        return Err(BuildError::MemoryBeyondIpa {
+            mem_mib: cfg.mem_mib,
+            ipa_bits,
+        });
     }
     let vm = kvm_call("KVM_CREATE_VM", kvm.create_vm())?;
 
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
-        .map_err(|e| BuildError::Memory(e.to_string()))?;
+    let mem: GuestMemoryMmap =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
+            .map_err(|e| BuildError::Memory(e.to_string()))?;
     let host_addr = mem
         .get_host_address(GuestAddress(DRAM_BASE))
         .map_err(|e| BuildError::Memory(e.to_string()))?;
@@ -180,10 +210,17 @@ pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<B
         userspace_addr: host_addr as u64,
     };
     // SAFETY: the region is `mem`'s mapping, which `BuiltVm` keeps alive as long as the VM.
-    kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe { vm.set_user_memory_region(region) })?;
+    kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe {
+        vm.set_user_memory_region(region)
+    })?;
 
-    let loaded = PE::load(&mem, Some(GuestAddress(DRAM_BASE)), &mut Cursor::new(&kernel), None)
-        .map_err(|e| BuildError::Memory(format!("loading the kernel: {e}")))?;
+    let loaded = PE::load(
+        &mem,
+        Some(GuestAddress(DRAM_BASE)),
+        &mut Cursor::new(&kernel),
+        None,
+    )
+    .map_err(|e| BuildError::Memory(format!("loading the kernel: {e}")))?;
     if loaded.kernel_load.0 != plan.kernel {
         return Err(BuildError::Memory(format!(
             "kernel loaded at {:#x}, expected {:#x}",
@@ -208,21 +245,38 @@ pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<B
     let gic = GicV3::create(&vm)?;
 
     let mut bus = MmioBus::new();
-    let serial_irq = IrqLine::new().map_err(|e| BuildError::Device(format!("serial interrupt: {e}")))?;
-    kvm_call("KVM_IRQFD (serial)", vm.register_irqfd(serial_irq.eventfd(), arch::layout::SERIAL_SPI))?;
+    let serial_irq =
+        IrqLine::new().map_err(|e| BuildError::Device(format!("serial interrupt: {e}")))?;
+    kvm_call(
+        "KVM_IRQFD (serial)",
+        vm.register_irqfd(serial_irq.eventfd(), arch::layout::SERIAL_SPI),
+    )?;
     let serial: Serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
-    bus.insert(SERIAL_BASE, LEGACY_DEV_SIZE, serial.clone()).map_err(|e| BuildError::Device(e.to_string()))?;
-    bus.insert(RTC_BASE, LEGACY_DEV_SIZE, Arc::new(Mutex::new(RtcDevice::new())))
+    bus.insert(SERIAL_BASE, LEGACY_DEV_SIZE, serial.clone())
         .map_err(|e| BuildError::Device(e.to_string()))?;
+    bus.insert(
+        RTC_BASE,
+        LEGACY_DEV_SIZE,
+        Arc::new(Mutex::new(RtcDevice::new())),
+    )
+    .map_err(|e| BuildError::Device(e.to_string()))?;
     if cfg.boot_timer {
         let timer = BootTimer::new(
             start,
             Box::new(|d| {
-                log::info!("Guest-boot-time = {:>6} us {} ms", d.as_micros(), d.as_millis());
+                log::info!(
+                    "Guest-boot-time = {:>6} us {} ms",
+                    d.as_micros(),
+                    d.as_millis()
+                );
             }),
         );
-        bus.insert(BOOT_TIMER_BASE, LEGACY_DEV_SIZE, Arc::new(Mutex::new(timer)))
-            .map_err(|e| BuildError::Device(e.to_string()))?;
+        bus.insert(
+            BOOT_TIMER_BASE,
+            LEGACY_DEV_SIZE,
+            Arc::new(Mutex::new(timer)),
+        )
+        .map_err(|e| BuildError::Device(e.to_string()))?;
     }
 
     let fdt = create_fdt(&FdtConfig {
@@ -238,8 +292,18 @@ pub fn build(cfg: &VmConfig, console: ConsoleOutput, start: Instant) -> Result<B
     })?;
     mem.write_slice(&fdt, GuestAddress(plan.fdt))
         .map_err(|e| BuildError::Memory(format!("writing the device tree: {e}")))?;
-    let boot = vcpus.first().ok_or_else(|| BuildError::Device("no vCPU".into()))?;
+    let boot = vcpus
+        .first()
+        .ok_or_else(|| BuildError::Device("no vCPU".into()))?;
     kvm_vcpu::set_boot_regs(boot, plan.kernel, plan.fdt)?;
 
-    Ok(BuiltVm { vm, mem, vcpus, gic, bus: Arc::new(bus), serial, plan })
+    Ok(BuiltVm {
+        vm,
+        mem,
+        vcpus,
+        gic,
+        bus: Arc::new(bus),
+        serial,
+        plan,
+    })
 }

@@ -91,7 +91,9 @@ impl VmConfig {
             )));
         }
         if self.mem_mib == 0 {
-            return Err(ConfigError::Invalid("memory size must be at least 1 MiB".into()));
+            return Err(ConfigError::Invalid(
+                "memory size must be at least 1 MiB".into(),
+            ));
         }
         if self.mem_mib > MAX_MEM_MIB {
             return Err(ConfigError::Invalid(format!(
@@ -106,13 +108,22 @@ impl VmConfig {
     /// serial port and, with the boot timer, where to report boot completion.
     pub fn guest_cmdline(&self) -> String {
         let base = self.cmdline.trim();
-        let has = |key: &str| base.split_whitespace().any(|w| w == key || w.starts_with(&format!("{key}=")));
+        let has = |key: &str| {
+            base.split_whitespace()
+                .any(|w| w == key || w.starts_with(&format!("{key}=")))
+        };
         let mut c = base.to_string();
         if !has("earlycon") && self.console != ConsoleConfig::None {
-            c.push_str(&format!(" earlycon=uart,mmio,{:#x}", arch::layout::SERIAL_BASE));
+            c.push_str(&format!(
+                " earlycon=uart,mmio,{:#x}",
+                arch::layout::SERIAL_BASE
+            ));
         }
         if self.boot_timer && !has("vmm.boot_timer") {
-            c.push_str(&format!(" vmm.boot_timer={:#x}", arch::layout::BOOT_TIMER_BASE));
+            c.push_str(&format!(
+                " vmm.boot_timer={:#x}",
+                arch::layout::BOOT_TIMER_BASE
+            ));
         }
         c.trim().to_string()
     }
@@ -149,13 +160,19 @@ impl VmConfig {
             cfg.vcpus = m.vcpu_count;
             cfg.mem_mib = m.mem_size_mib;
             if m.smt {
-                return Err(ConfigError::UnsupportedSetting("machine-config smt=true (Arm64 has no SMT)".into()));
+                return Err(ConfigError::UnsupportedSetting(
+                    "machine-config smt=true (Arm64 has no SMT)".into(),
+                ));
             }
             if let Some(t) = m.cpu_template.filter(|t| t != "None") {
-                return Err(ConfigError::UnsupportedSetting(format!("machine-config cpu_template '{t}'")));
+                return Err(ConfigError::UnsupportedSetting(format!(
+                    "machine-config cpu_template '{t}'"
+                )));
             }
             if let Some(h) = m.huge_pages.filter(|h| h != "None") {
-                return Err(ConfigError::UnsupportedSetting(format!("machine-config huge_pages '{h}'")));
+                return Err(ConfigError::UnsupportedSetting(format!(
+                    "machine-config huge_pages '{h}'"
+                )));
             }
         }
         cfg.validate()?;
@@ -227,19 +244,27 @@ mod tests {
 
     #[test]
     fn machine_config_defaults_when_absent() {
-        let c = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
-        assert_eq!((c.vcpus, c.mem_mib, c.cmdline.as_str()), (1, 128, DEFAULT_CMDLINE));
+        let c = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#)
+            .unwrap();
+        assert_eq!(
+            (c.vcpus, c.mem_mib, c.cmdline.as_str()),
+            (1, 128, DEFAULT_CMDLINE)
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)
-            .unwrap_err()
-            .to_string();
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
-        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k", "kernel": 1}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k", "kernel": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `kernel`"), "{e}");
     }
 
@@ -251,24 +276,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "config file section 'drives' is not supported yet");
-        let e = VmConfig::from_firecracker_json(r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("'vsock'"), "{e}");
     }
 
     #[test]
     fn malformed_json_and_wrong_types_are_errors() {
-        assert!(VmConfig::from_firecracker_json("{").unwrap_err().to_string().starts_with("invalid config file"));
+        assert!(
+            VmConfig::from_firecracker_json("{")
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid config file")
+        );
         let e = VmConfig::from_firecracker_json(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": "two", "mem_size_mib": 1}}"#,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("invalid type"), "{e}");
-        let e = VmConfig::from_firecracker_json(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = VmConfig::from_firecracker_json(
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("missing field `boot-source`"), "{e}");
     }
 
@@ -278,10 +312,20 @@ mod tests {
         c.vcpus = 0;
         assert!(c.validate().unwrap_err().to_string().contains("at least 1"));
         c.vcpus = 500;
-        assert!(c.validate().unwrap_err().to_string().contains("exceeds the maximum of 123"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("exceeds the maximum of 123")
+        );
         c.vcpus = 1;
         c.mem_mib = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("memory size"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("memory size")
+        );
         let e = VmConfig::from_firecracker_json(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}"#,
         )
@@ -292,10 +336,16 @@ mod tests {
     #[test]
     fn cmdline_gets_earlycon_and_boot_timer() {
         let mut c = VmConfig::new("/k".into());
-        assert_eq!(c.guest_cmdline(), "console=ttyS0 reboot=k panic=1 earlycon=uart,mmio,0x9000000");
+        assert_eq!(
+            c.guest_cmdline(),
+            "console=ttyS0 reboot=k panic=1 earlycon=uart,mmio,0x9000000"
+        );
         c.cmdline = "earlycon console=ttyS0".into();
         c.boot_timer = true;
-        assert_eq!(c.guest_cmdline(), "earlycon console=ttyS0 vmm.boot_timer=0x9020000");
+        assert_eq!(
+            c.guest_cmdline(),
+            "earlycon console=ttyS0 vmm.boot_timer=0x9020000"
+        );
         c.console = ConsoleConfig::None;
         c.cmdline = "quiet".into();
         assert_eq!(c.guest_cmdline(), "quiet vmm.boot_timer=0x9020000");

@@ -29,7 +29,9 @@ impl FromStr for ConsoleConfig {
             "none" => Ok(Self::None),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
-                _ => Err(format!("console must be stdio, none or file:PATH, not '{s}'")),
+                _ => Err(format!(
+                    "console must be stdio, none or file:PATH, not '{s}'"
+                )),
             },
         }
     }
@@ -62,7 +64,10 @@ impl PanicScanner {
                 let line = String::from_utf8_lossy(&self.line).into_owned();
                 self.line.clear();
                 if let Some(i) = line.find(PANIC_END) {
-                    let msg = line[i + PANIC_END.len()..].trim().trim_end_matches("]---").trim();
+                    let msg = line[i + PANIC_END.len()..]
+                        .trim()
+                        .trim_end_matches("]---")
+                        .trim();
                     done = Some(format!("Kernel panic - not syncing: {msg}"));
                 } else if let Some(i) = line.find(PANIC_START) {
                     self.message = Some(line[i..].trim().to_string());
@@ -102,7 +107,11 @@ impl ConsoleOutput {
             }
             ConsoleConfig::None => Box::new(io::sink()),
         };
-        Ok(Self { sink, scanner: PanicScanner::default(), events })
+        Ok(Self {
+            sink,
+            scanner: PanicScanner::default(),
+            events,
+        })
     }
 
     /// The first line of a panic report seen in the output, if any.
@@ -112,7 +121,11 @@ impl ConsoleOutput {
 
     /// Wraps any writer (for tests).
     pub fn from_writer(sink: Box<dyn Write + Send>, events: Option<EventSender>) -> Self {
-        Self { sink, scanner: PanicScanner::default(), events }
+        Self {
+            sink,
+            scanner: PanicScanner::default(),
+            events,
+        }
     }
 }
 
@@ -186,36 +199,60 @@ mod tests {
     fn console_specs_parse() {
         assert_eq!("stdio".parse::<ConsoleConfig>(), Ok(ConsoleConfig::Stdio));
         assert_eq!("none".parse::<ConsoleConfig>(), Ok(ConsoleConfig::None));
-        assert_eq!("file:/tmp/c".parse::<ConsoleConfig>(), Ok(ConsoleConfig::File("/tmp/c".into())));
-        assert!("file:".parse::<ConsoleConfig>().unwrap_err().contains("stdio, none or file:PATH"));
+        assert_eq!(
+            "file:/tmp/c".parse::<ConsoleConfig>(),
+            Ok(ConsoleConfig::File("/tmp/c".into()))
+        );
+        assert!(
+            "file:"
+                .parse::<ConsoleConfig>()
+                .unwrap_err()
+                .contains("stdio, none or file:PATH")
+        );
         assert!("tty".parse::<ConsoleConfig>().is_err());
     }
 
     #[test]
     fn a_panic_is_reported_when_its_report_ends() {
         let mut s = PanicScanner::default();
-        assert_eq!(s.feed(b"[    1.0] Kernel panic - not syncing: sysrq triggered crash\n"), None);
+        assert_eq!(
+            s.feed(b"[    1.0] Kernel panic - not syncing: sysrq triggered crash\n"),
+            None
+        );
         assert_eq!(s.feed(b"CPU: 0 PID: 1 Comm: sh\nCall trace:\n"), None);
-        let got = s.feed(b"[    1.2] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\r\n");
-        assert_eq!(got.as_deref(), Some("Kernel panic - not syncing: sysrq triggered crash"));
+        let got = s
+            .feed(b"[    1.2] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\r\n");
+        assert_eq!(
+            got.as_deref(),
+            Some("Kernel panic - not syncing: sysrq triggered crash")
+        );
     }
 
     #[test]
     fn output_split_across_writes_is_scanned() {
         let (tx, rx) = crate::events::channel().unwrap();
         let mut out = ConsoleOutput::from_writer(Box::new(io::sink()), Some(tx));
-        for chunk in [&b"---[ end Kernel pa"[..], b"nic - not syncing: Attempted to kill init! ]---", b"\n"] {
+        for chunk in [
+            &b"---[ end Kernel pa"[..],
+            b"nic - not syncing: Attempted to kill init! ]---",
+            b"\n",
+        ] {
             out.write_all(chunk).unwrap();
         }
         assert_eq!(
             rx.drain(),
-            vec![VmEvent::GuestPanic("Kernel panic - not syncing: Attempted to kill init!".into())]
+            vec![VmEvent::GuestPanic(
+                "Kernel panic - not syncing: Attempted to kill init!".into()
+            )]
         );
     }
 
     #[test]
     fn ordinary_output_raises_nothing() {
         let mut s = PanicScanner::default();
-        assert_eq!(s.feed(b"GUEST_READY\n/ # echo Kernel panic\nKernel panic\n"), None);
+        assert_eq!(
+            s.feed(b"GUEST_READY\n/ # echo Kernel panic\nKernel panic\n"),
+            None
+        );
     }
 }

@@ -64,7 +64,13 @@ impl EventReceiver {
 pub fn channel() -> std::io::Result<(EventSender, EventReceiver)> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-    Ok((EventSender { tx, wake: wake.clone() }, EventReceiver { rx, wake }))
+    Ok((
+        EventSender {
+            tx,
+            wake: wake.clone(),
+        },
+        EventReceiver { rx, wake },
+    ))
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
-static LOGGER: StderrLogger = StderrLogger { out: Mutex::new(()) };
+static LOGGER: StderrLogger = StderrLogger {
+    out: Mutex::new(()),
+};
 
 /// Installs the logger at `level` (only the first call takes effect).
 pub fn init(level: LevelFilter) {

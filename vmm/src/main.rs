@@ -100,7 +100,9 @@ fn config_from(cli: &Cli) -> anyhow::Result<VmConfig> {
         c.boot_timer = cli.boot_timer;
         return Ok(c);
     }
-    anyhow::bail!("nothing to run: give `vmm run --kernel PATH` or `vmm --config-file FILE` (see `vmm --help`)")
+    anyhow::bail!(
+        "nothing to run: give `vmm run --kernel PATH` or `vmm --config-file FILE` (see `vmm --help`)"
+    )
 }
 
 fn main() -> ExitCode {

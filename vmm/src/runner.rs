@@ -119,15 +119,32 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
 }
 
 /// Waits for the next thing to act on: console input, a VM event, or a signal.
-fn run_until_event(vm: &RunningVm, rx: &EventReceiver, signals: &OwnedFd, stdin_open: &mut bool) -> Result<Outcome, RunError> {
+fn run_until_event(
+    vm: &RunningVm,
+    rx: &EventReceiver,
+    signals: &OwnedFd,
+    stdin_open: &mut bool,
+) -> Result<Outcome, RunError> {
     let mut buf = [0u8; 4096];
     loop {
         let mut fds = vec![
-            libc::pollfd { fd: rx.wake_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: rx.wake_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         if *stdin_open {
-            fds.push(libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -186,7 +203,8 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<Outcome, RunError> {
     let (tx, rx) = events::channel().map_err(RunError::Poll)?;
     let mut stdin_open = cfg.console == ConsoleConfig::Stdio;
     loop {
-        let console = ConsoleOutput::open(&cfg.console, Some(tx.clone())).map_err(RunError::Console)?;
+        let console =
+            ConsoleOutput::open(&cfg.console, Some(tx.clone())).map_err(RunError::Console)?;
         let built = builder::build(cfg, console, start)?;
         let vm = RunningVm::start(built, &tx)?;
         let outcome = run_until_event(&vm, &rx, &signals, &mut stdin_open);

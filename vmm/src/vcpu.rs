@@ -59,7 +59,9 @@ struct Control {
 
 impl Control {
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -89,10 +91,19 @@ pub struct VcpuHandle {
 
 impl VcpuHandle {
     /// Starts a thread running `vcpu`.
-    pub fn spawn(index: usize, vcpu: VcpuFd, bus: Arc<MmioBus>, events: EventSender) -> Result<Self, VcpuError> {
+    pub fn spawn(
+        index: usize,
+        vcpu: VcpuFd,
+        bus: Arc<MmioBus>,
+        events: EventSender,
+    ) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let control = Arc::new(Control {
-            state: Mutex::new(Shared { want: Want::Run, paused: false, exited: false }),
+            state: Mutex::new(Shared {
+                want: Want::Run,
+                paused: false,
+                exited: false,
+            }),
             cv: Condvar::new(),
         });
         let c = control.clone();
@@ -100,7 +111,11 @@ impl VcpuHandle {
             .name(format!("vcpu{index}"))
             .spawn(move || run_loop(index, vcpu, &bus, &events, &c))
             .map_err(|e| VcpuError::Spawn(index, e))?;
-        Ok(Self { index, control, thread: Some(thread) })
+        Ok(Self {
+            index,
+            control,
+            thread: Some(thread),
+        })
     }
 
     /// The vCPU's index.
@@ -172,7 +187,9 @@ fn checkpoint(c: &Control) -> bool {
             s.paused = true;
             c.cv.notify_all();
         }
-        s = c.cv.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        s =
+            c.cv.wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
     s.paused = false;
     s.want != Want::Stop
@@ -211,12 +228,18 @@ fn run_loop(index: usize, mut vcpu: VcpuFd, bus: &MmioBus, events: &EventSender,
             }
             Ok(VcpuExit::Intr) => {}
             Ok(other) => {
-                events.send(VmEvent::VcpuError { index, message: format!("unexpected exit {other:?}") });
+                events.send(VmEvent::VcpuError {
+                    index,
+                    message: format!("unexpected exit {other:?}"),
+                });
                 break;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
-                events.send(VmEvent::VcpuError { index, message: format!("KVM_RUN failed: {e}") });
+                events.send(VmEvent::VcpuError {
+                    index,
+                    message: format!("KVM_RUN failed: {e}"),
+                });
                 break;
             }
         }

@@ -146,11 +146,13 @@ fn in_host_test_script() -> &'static str {
      done\n"
 }
 
-fn native_kvm() -> bool {
+/// Whether this machine runs Arm64 KVM itself (no emulation needed).
+pub fn native_kvm() -> bool {
     std::env::consts::ARCH == "aarch64" && std::path::Path::new("/dev/kvm").exists()
 }
 
-fn guest_env(art: &Artifacts) -> Vec<(String, String)> {
+/// The guest artifacts as the environment tests expect.
+pub fn guest_env(art: &Artifacts) -> Vec<(String, String)> {
     vec![
         (
             "GUEST_KERNEL".into(),
@@ -174,6 +176,7 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
     let art = artifacts::ensure(&cache)?;
     let tests = cross::build_tests()?;
     let mut counter = LibtestCounter::default();
+    let vmm = cross::build_vmm()?;
     if native_kvm() {
         for (name, path) in &tests {
             let mut c = Command::new(path);
@@ -192,7 +195,6 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
         report("emulated", counter.tally);
         return Ok(counter.tally);
     }
-    let vmm = cross::build_vmm()?;
     let mut payload = Payload::default();
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
     for (name, path) in &tests {

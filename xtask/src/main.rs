@@ -88,6 +88,13 @@ enum Task {
         #[arg(long = "b", value_name = "COMMAND")]
         cmd_b: String,
     },
+    /// Build vmm, boot a guest, run `uname -a` and `nproc` in it, and power it off.
+    ///
+    /// Inside an emulated Arm64 host on x86_64; natively on an Arm64 host with /dev/kvm.
+    Demo {
+        #[command(flatten)]
+        machine: Machine,
+    },
     /// Build (or verify) the cached artifacts and print their paths.
     Artifacts,
 }
@@ -222,6 +229,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 rb.status
             }))
+        }
+        Task::Demo { machine } => {
+            let cache = cache::Cache::open()?;
+            let art = artifacts::ensure(&cache)?;
+            let payload = host_payload()?;
+            let script = include_str!("../../resources/demo.sh");
+            if layers::native_kvm() {
+                let vmm_dir = payload.files[0]
+                    .1
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                let path = format!(
+                    "{}:{}",
+                    vmm_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                );
+                let status = std::process::Command::new("bash")
+                    .args(["-c", script])
+                    .env("PATH", path)
+                    .envs(layers::guest_env(&art))
+                    .status()?;
+                return Ok(exit_code(status.code().unwrap_or(1)));
+            }
+            let spec = qemu::HostSpec {
+                name: "vmm-host".into(),
+                cpu: "max".into(),
+                cntfrq: None,
+                smp: machine.smp,
+                mem_mib: machine.mem,
+                icount: machine.icount,
+                timeout: Duration::from_secs(machine.timeout),
+                link: None,
+            };
+            let mut sink = |l: &str| println!("{l}");
+            let out = qemu::run(&spec, &art, &payload, script, &mut sink)?;
+            Ok(exit_code(out.status))
         }
         Task::Artifacts => {
             let cache = cache::Cache::open()?;

@@ -4,7 +4,8 @@
 use vm_fdt::FdtWriter;
 
 use crate::layout::{
-    GIC_DIST_BASE, GIC_DIST_SIZE, GIC_REDIST_BASE, LEGACY_DEV_SIZE, VIRTIO_MMIO_SIZE, gic_redist_size,
+    GIC_DIST_BASE, GIC_DIST_SIZE, GIC_REDIST_BASE, LEGACY_DEV_SIZE, VIRTIO_MMIO_SIZE,
+    gic_redist_size,
 };
 
 const PHANDLE_GIC: u32 = 1;
@@ -85,7 +86,12 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     w.property_u32("#interrupt-cells", 3)?;
     w.property_array_u64(
         "reg",
-        &[GIC_DIST_BASE, GIC_DIST_SIZE, GIC_REDIST_BASE, gic_redist_size(cfg.mpidrs.len() as u32)],
+        &[
+            GIC_DIST_BASE,
+            GIC_DIST_SIZE,
+            GIC_REDIST_BASE,
+            gic_redist_size(cfg.mpidrs.len() as u32),
+        ],
     )?;
     w.property_u32("#redistributor-regions", 1)?;
     w.property_array_u32("interrupts", &[GIC_PPI, 9, IRQ_LEVEL_HIGH])?;
@@ -106,7 +112,11 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     let psci = w.begin_node("psci")?;
     w.property_string_list(
         "compatible",
-        vec!["arm,psci-1.0".into(), "arm,psci-0.2".into(), "arm,psci".into()],
+        vec![
+            "arm,psci-1.0".into(),
+            "arm,psci-0.2".into(),
+            "arm,psci".into(),
+        ],
     )?;
     w.property_string("method", "hvc")?;
     w.end_node(psci)?;
@@ -129,7 +139,10 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     }
     if let Some(r) = cfg.rtc {
         let n = w.begin_node(&format!("rtc@{:x}", r.addr))?;
-        w.property_string_list("compatible", vec!["arm,pl031".into(), "arm,primecell".into()])?;
+        w.property_string_list(
+            "compatible",
+            vec!["arm,pl031".into(), "arm,primecell".into()],
+        )?;
         w.property_array_u64("reg", &[r.addr, r.size])?;
         w.property_array_u32("interrupts", &[GIC_SPI, r.spi, IRQ_LEVEL_HIGH])?;
         w.property_u32("clocks", PHANDLE_CLOCK)?;
@@ -190,12 +203,20 @@ fn chosen(w: &mut FdtWriter, cfg: &FdtConfig) -> Result<(), FdtError> {
 
 /// The serial port's device info at the standard place.
 pub fn standard_serial() -> MmioDeviceInfo {
-    MmioDeviceInfo { addr: crate::layout::SERIAL_BASE, size: LEGACY_DEV_SIZE, spi: crate::layout::SERIAL_SPI }
+    MmioDeviceInfo {
+        addr: crate::layout::SERIAL_BASE,
+        size: LEGACY_DEV_SIZE,
+        spi: crate::layout::SERIAL_SPI,
+    }
 }
 
 /// The RTC's device info at the standard place.
 pub fn standard_rtc() -> MmioDeviceInfo {
-    MmioDeviceInfo { addr: crate::layout::RTC_BASE, size: LEGACY_DEV_SIZE, spi: crate::layout::RTC_SPI }
+    MmioDeviceInfo {
+        addr: crate::layout::RTC_BASE,
+        size: LEGACY_DEV_SIZE,
+        spi: crate::layout::RTC_SPI,
+    }
 }
 
 #[cfg(test)]
@@ -213,19 +234,31 @@ mod tests {
             serial: Some(standard_serial()),
             rtc: Some(standard_rtc()),
             virtio: vec![
-                MmioDeviceInfo { addr: virtio_mmio_addr(0), size: VIRTIO_MMIO_SIZE, spi: 16 },
-                MmioDeviceInfo { addr: virtio_mmio_addr(1), size: VIRTIO_MMIO_SIZE, spi: 17 },
+                MmioDeviceInfo {
+                    addr: virtio_mmio_addr(0),
+                    size: VIRTIO_MMIO_SIZE,
+                    spi: 16,
+                },
+                MmioDeviceInfo {
+                    addr: virtio_mmio_addr(1),
+                    size: VIRTIO_MMIO_SIZE,
+                    spi: 17,
+                },
             ],
             rng_seed: vec![7; 32],
         }
     }
 
     fn u32_cells(v: &[u8]) -> Vec<u32> {
-        v.chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
+        v.chunks(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     }
 
     fn u64_cells(v: &[u8]) -> Vec<u64> {
-        v.chunks(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect()
+        v.chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -236,14 +269,28 @@ mod tests {
             .find_all_nodes("/cpus/cpu")
             .map(|n| u64_cells(n.property("reg").unwrap().value)[0])
             .collect();
-        assert_eq!(regs, vec![0, 1, 2, 3], "MPIDR bit 31 (RES1) is not part of the affinity");
+        assert_eq!(
+            regs,
+            vec![0, 1, 2, 3],
+            "MPIDR bit 31 (RES1) is not part of the affinity"
+        );
         for n in fdt.find_all_nodes("/cpus/cpu") {
             assert_eq!(n.property("enable-method").unwrap().as_str(), Some("psci"));
         }
         let psci = fdt.find_node("/psci").unwrap();
         assert_eq!(psci.property("method").unwrap().as_str(), Some("hvc"));
-        assert!(psci.compatible().unwrap().all().any(|c| c == "arm,psci-0.2"));
-        assert!(psci.compatible().unwrap().all().any(|c| c == "arm,psci-1.0"));
+        assert!(
+            psci.compatible()
+                .unwrap()
+                .all()
+                .any(|c| c == "arm,psci-0.2")
+        );
+        assert!(
+            psci.compatible()
+                .unwrap()
+                .all()
+                .any(|c| c == "arm,psci-1.0")
+        );
     }
 
     #[test]
@@ -251,13 +298,19 @@ mod tests {
         let blob = create_fdt(&config()).unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
         let mem = fdt.find_node("/memory@80000000").unwrap();
-        assert_eq!(u64_cells(mem.property("reg").unwrap().value), vec![DRAM_BASE, 512 << 20]);
+        assert_eq!(
+            u64_cells(mem.property("reg").unwrap().value),
+            vec![DRAM_BASE, 512 << 20]
+        );
         let chosen = fdt.find_node("/chosen").unwrap();
         assert_eq!(
             chosen.property("bootargs").unwrap().as_str(),
             Some("console=ttyS0 earlycon=uart,mmio,0x9000000")
         );
-        assert_eq!(chosen.property("stdout-path").unwrap().as_str(), Some("/uart@9000000"));
+        assert_eq!(
+            chosen.property("stdout-path").unwrap().as_str(),
+            Some("/uart@9000000")
+        );
         let start = u64_cells(chosen.property("linux,initrd-start").unwrap().value)[0];
         let end = u64_cells(chosen.property("linux,initrd-end").unwrap().value)[0];
         assert_eq!((start, end - start), (DRAM_BASE + (40 << 20), 0x1234));
@@ -274,11 +327,20 @@ mod tests {
             u64_cells(gic.property("reg").unwrap().value),
             vec![GIC_DIST_BASE, GIC_DIST_SIZE, GIC_REDIST_BASE, 4 * 0x2_0000]
         );
-        assert_eq!(u32_cells(gic.property("interrupts").unwrap().value), vec![1, 9, 4]);
+        assert_eq!(
+            u32_cells(gic.property("interrupts").unwrap().value),
+            vec![1, 9, 4]
+        );
         assert!(gic.property("interrupt-controller").is_some());
         let root = fdt.find_node("/").unwrap();
-        assert_eq!(u32_cells(root.property("interrupt-parent").unwrap().value), vec![PHANDLE_GIC]);
-        assert_eq!(u32_cells(gic.property("phandle").unwrap().value), vec![PHANDLE_GIC]);
+        assert_eq!(
+            u32_cells(root.property("interrupt-parent").unwrap().value),
+            vec![PHANDLE_GIC]
+        );
+        assert_eq!(
+            u32_cells(gic.property("phandle").unwrap().value),
+            vec![PHANDLE_GIC]
+        );
     }
 
     #[test]
@@ -299,15 +361,30 @@ mod tests {
         let fdt = fdt::Fdt::new(&blob).unwrap();
         let uart = fdt.find_node("/uart@9000000").unwrap();
         assert_eq!(uart.compatible().unwrap().first(), "ns16550a");
-        assert_eq!(u64_cells(uart.property("reg").unwrap().value), vec![0x900_0000, 0x1000]);
-        assert_eq!(u32_cells(uart.property("interrupts").unwrap().value), vec![0, 1, 1]);
+        assert_eq!(
+            u64_cells(uart.property("reg").unwrap().value),
+            vec![0x900_0000, 0x1000]
+        );
+        assert_eq!(
+            u32_cells(uart.property("interrupts").unwrap().value),
+            vec![0, 1, 1]
+        );
         let rtc = fdt.find_node("/rtc@9010000").unwrap();
         assert!(rtc.compatible().unwrap().all().any(|c| c == "arm,pl031"));
-        assert_eq!(u32_cells(rtc.property("clocks").unwrap().value), vec![PHANDLE_CLOCK]);
+        assert_eq!(
+            u32_cells(rtc.property("clocks").unwrap().value),
+            vec![PHANDLE_CLOCK]
+        );
         let virtio: Vec<_> = fdt.find_all_nodes("/virtio_mmio").collect();
         assert_eq!(virtio.len(), 2);
-        assert_eq!(u32_cells(virtio[1].property("interrupts").unwrap().value), vec![0, 17, 1]);
-        assert_eq!(u64_cells(virtio[1].property("reg").unwrap().value), vec![0xa00_0200, 0x200]);
+        assert_eq!(
+            u32_cells(virtio[1].property("interrupts").unwrap().value),
+            vec![0, 17, 1]
+        );
+        assert_eq!(
+            u64_cells(virtio[1].property("reg").unwrap().value),
+            vec![0xa00_0200, 0x200]
+        );
     }
 
     #[test]
@@ -321,7 +398,17 @@ mod tests {
         let blob = create_fdt(&c).unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert!(fdt.find_node("/uart@9000000").is_none());
-        assert!(fdt.find_node("/chosen").unwrap().property("linux,initrd-start").is_none());
-        assert!(fdt.find_node("/chosen").unwrap().property("stdout-path").is_none());
+        assert!(
+            fdt.find_node("/chosen")
+                .unwrap()
+                .property("linux,initrd-start")
+                .is_none()
+        );
+        assert!(
+            fdt.find_node("/chosen")
+                .unwrap()
+                .property("stdout-path")
+                .is_none()
+        );
     }
 }

@@ -29,7 +29,9 @@ pub enum ImageError {
     #[error("decompressed kernel exceeds {} MiB", MAX_KERNEL_SIZE >> 20)]
     TooLarge,
     /// The kernel and device tree do not fit in guest memory.
-    #[error("guest memory of {mem_mib} MiB is too small for this kernel (it needs at least {need_mib} MiB)")]
+    #[error(
+        "guest memory of {mem_mib} MiB is too small for this kernel (it needs at least {need_mib} MiB)"
+    )]
     MemoryTooSmall {
         /// Memory given.
         mem_mib: u64,
@@ -37,7 +39,9 @@ pub enum ImageError {
         need_mib: u64,
     },
     /// The initrd does not fit after the kernel and device tree.
-    #[error("initrd of {initrd_bytes} bytes does not fit in guest memory ({free_bytes} bytes free after the kernel and device tree)")]
+    #[error(
+        "initrd of {initrd_bytes} bytes does not fit in guest memory ({free_bytes} bytes free after the kernel and device tree)"
+    )]
     InitrdTooLarge {
         /// Size of the initrd.
         initrd_bytes: u64,
@@ -89,7 +93,10 @@ pub fn parse_header(data: &[u8]) -> Result<ImageHeader, ImageError> {
     let image_size = u64_at(16);
     // Booting.rst: with image_size 0, text_offset is 0x80000 whatever the field says.
     let text_offset = if image_size == 0 { 0x8_0000 } else { u64_at(8) };
-    Ok(ImageHeader { text_offset, image_size })
+    Ok(ImageHeader {
+        text_offset,
+        image_size,
+    })
 }
 
 /// Where everything goes in guest RAM.
@@ -136,12 +143,20 @@ pub fn plan(
             let start = align_up(after_fdt, PAGE);
             let free = mem_end.saturating_sub(start);
             if len > free {
-                return Err(ImageError::InitrdTooLarge { initrd_bytes: len, free_bytes: free });
+                return Err(ImageError::InitrdTooLarge {
+                    initrd_bytes: len,
+                    free_bytes: free,
+                });
             }
             Some((start, len))
         }
     };
-    Ok(BootPlan { kernel, kernel_end, fdt, initrd })
+    Ok(BootPlan {
+        kernel,
+        kernel_end,
+        fdt,
+        initrd,
+    })
 }
 
 #[cfg(test)]
@@ -160,9 +175,18 @@ mod tests {
     #[test]
     fn header_fields_are_read() {
         let h = parse_header(&header(0, 0x240_0000)).unwrap();
-        assert_eq!(h, ImageHeader { text_offset: 0, image_size: 0x240_0000 });
+        assert_eq!(
+            h,
+            ImageHeader {
+                text_offset: 0,
+                image_size: 0x240_0000
+            }
+        );
         // Old kernels: image_size 0 means text_offset 0x80000.
-        assert_eq!(parse_header(&header(0x1234, 0)).unwrap().text_offset, 0x8_0000);
+        assert_eq!(
+            parse_header(&header(0x1234, 0)).unwrap().text_offset,
+            0x8_0000
+        );
     }
 
     #[test]
@@ -171,7 +195,11 @@ mod tests {
         let mut h = header(0, 1);
         h[56] = b'X';
         assert_eq!(parse_header(&h), Err(ImageError::BadMagic));
-        assert!(ImageError::BadMagic.to_string().contains("not an arm64 Linux Image"));
+        assert!(
+            ImageError::BadMagic
+                .to_string()
+                .contains("not an arm64 Linux Image")
+        );
     }
 
     #[test]
@@ -183,13 +211,19 @@ mod tests {
         assert!(is_gzip(&packed));
         assert!(!is_gzip(&raw));
         assert_eq!(gunzip(&packed).unwrap(), raw);
-        assert!(matches!(gunzip(&[0x1f, 0x8b, 0, 0]), Err(ImageError::Gzip(_))));
+        assert!(matches!(
+            gunzip(&[0x1f, 0x8b, 0, 0]),
+            Err(ImageError::Gzip(_))
+        ));
     }
 
     #[test]
     fn placement_uses_image_size_not_file_size() {
         let mb = 1u64 << 20;
-        let h = ImageHeader { text_offset: 0, image_size: 37 * mb };
+        let h = ImageHeader {
+            text_offset: 0,
+            image_size: 37 * mb,
+        };
         // A 30 MiB file whose image occupies 37 MiB: the FDT goes after 37 MiB, rounded to 2 MiB.
         let p = plan(0x8000_0000, 128 * mb, h, 30 * mb, Some(mb)).unwrap();
         assert_eq!(p.kernel, 0x8000_0000);
@@ -201,13 +235,25 @@ mod tests {
     #[test]
     fn too_little_memory_is_named() {
         let mb = 1u64 << 20;
-        let h = ImageHeader { text_offset: 0, image_size: 37 * mb };
+        let h = ImageHeader {
+            text_offset: 0,
+            image_size: 37 * mb,
+        };
         assert_eq!(
             plan(0x8000_0000, 32 * mb, h, 30 * mb, None),
-            Err(ImageError::MemoryTooSmall { mem_mib: 32, need_mib: 40 })
+            Err(ImageError::MemoryTooSmall {
+                mem_mib: 32,
+                need_mib: 40
+            })
         );
         let e = plan(0x8000_0000, 64 * mb, h, 30 * mb, Some(100 * mb)).unwrap_err();
-        assert_eq!(e, ImageError::InitrdTooLarge { initrd_bytes: 100 * mb, free_bytes: 24 * mb });
+        assert_eq!(
+            e,
+            ImageError::InitrdTooLarge {
+                initrd_bytes: 100 * mb,
+                free_bytes: 24 * mb
+            }
+        );
         assert!(e.to_string().contains("initrd"));
     }
 }

@@ -16,7 +16,9 @@ pub struct BootTimer {
 
 impl std::fmt::Debug for BootTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootTimer").field("start", &self.start).finish()
+        f.debug_struct("BootTimer")
+            .field("start", &self.start)
+            .finish()
     }
 }
 

@@ -22,14 +22,19 @@ pub struct SerialDevice<W: Write + Send> {
 
 impl<W: Write + Send> std::fmt::Debug for SerialDevice<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerialDevice").field("pending", &self.pending.len()).finish()
+        f.debug_struct("SerialDevice")
+            .field("pending", &self.pending.len())
+            .finish()
     }
 }
 
 impl<W: Write + Send> SerialDevice<W> {
     /// A serial port raising `irq` and writing to `out`.
     pub fn new(irq: IrqLine, out: W) -> Self {
-        Self { serial: Serial::new(irq, out), pending: VecDeque::new() }
+        Self {
+            serial: Serial::new(irq, out),
+            pending: VecDeque::new(),
+        }
     }
 
     /// Queues bytes for the guest to read; they enter the FIFO as it drains.

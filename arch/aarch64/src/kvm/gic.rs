@@ -33,24 +33,64 @@ pub struct GicV3 {
     fd: DeviceFd,
 }
 
-fn set_attr(fd: &DeviceFd, what: &'static str, group: u32, attr: u64, addr: u64) -> Result<(), GicError> {
-    let a = kvm_device_attr { group, attr, addr, flags: 0 };
-    fd.set_device_attr(&a).map_err(|source| GicError::Attr { what, source })
+fn set_attr(
+    fd: &DeviceFd,
+    what: &'static str,
+    group: u32,
+    attr: u64,
+    addr: u64,
+) -> Result<(), GicError> {
+    let a = kvm_device_attr {
+        group,
+        attr,
+        addr,
+        flags: 0,
+    };
+    fd.set_device_attr(&a)
+        .map_err(|source| GicError::Attr { what, source })
 }
 
 impl GicV3 {
     /// Creates and initialises the GIC. Call after every vCPU exists.
     pub fn create(vm: &VmFd) -> Result<Self, GicError> {
-        let mut dev = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, fd: 0, flags: 0 };
+        let mut dev = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
+            fd: 0,
+            flags: 0,
+        };
         let fd = vm.create_device(&mut dev).map_err(GicError::Create)?;
         let dist = GIC_DIST_BASE;
         let redist = GIC_REDIST_BASE;
         let nr_irqs = GIC_NR_IRQS;
         // KVM reads each value through the pointer during the call; they outlive it.
-        set_attr(&fd, "distributor address", KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_DIST.into(), &dist as *const u64 as u64)?;
-        set_attr(&fd, "redistributor address", KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_REDIST.into(), &redist as *const u64 as u64)?;
-        set_attr(&fd, "number of IRQs", KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &nr_irqs as *const u32 as u64)?;
-        set_attr(&fd, "CTRL_INIT", KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT.into(), 0)?;
+        set_attr(
+            &fd,
+            "distributor address",
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            KVM_VGIC_V3_ADDR_TYPE_DIST.into(),
+            &dist as *const u64 as u64,
+        )?;
+        set_attr(
+            &fd,
+            "redistributor address",
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            KVM_VGIC_V3_ADDR_TYPE_REDIST.into(),
+            &redist as *const u64 as u64,
+        )?;
+        set_attr(
+            &fd,
+            "number of IRQs",
+            KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+            0,
+            &nr_irqs as *const u32 as u64,
+        )?;
+        set_attr(
+            &fd,
+            "CTRL_INIT",
+            KVM_DEV_ARM_VGIC_GRP_CTRL,
+            KVM_DEV_ARM_VGIC_CTRL_INIT.into(),
+            0,
+        )?;
         Ok(Self { fd })
     }
 

@@ -5,10 +5,10 @@ pub mod gic;
 pub mod vcpu;
 mod writable_masks;
 
+use crate::sysreg;
 pub use gic::{GicError, GicV3};
 pub use vcpu::VcpuInitError;
 pub use writable_masks::{WritableMasks, WritableMasksError};
-use crate::sysreg;
 
 // The portable constants must equal the kernel's; checked at compile time on aarch64.
 const _: () = {

@@ -32,7 +32,8 @@ pub enum VcpuInitError {
 /// Initialises a vCPU; only the boot vCPU starts powered on.
 pub fn init(vm: &VmFd, vcpu: &VcpuFd, boot: bool) -> Result<(), VcpuInitError> {
     let mut kvi = kvm_vcpu_init::default();
-    vm.get_preferred_target(&mut kvi).map_err(VcpuInitError::PreferredTarget)?;
+    vm.get_preferred_target(&mut kvi)
+        .map_err(VcpuInitError::PreferredTarget)?;
     kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
     if !boot {
         kvi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
@@ -49,7 +50,8 @@ fn set(vcpu: &VcpuFd, id: u64, value: u64) -> Result<(), VcpuInitError> {
 /// Reads a 64-bit register.
 pub fn get(vcpu: &VcpuFd, id: u64) -> Result<u64, VcpuInitError> {
     let mut b = [0u8; 8];
-    vcpu.get_one_reg(id, &mut b).map_err(|source| VcpuInitError::Reg { id, source })?;
+    vcpu.get_one_reg(id, &mut b)
+        .map_err(|source| VcpuInitError::Reg { id, source })?;
     Ok(u64::from_le_bytes(b))
 }
 
