@@ -206,6 +206,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<Outcome, RunError> {
         let console =
             ConsoleOutput::open(&cfg.console, Some(tx.clone())).map_err(RunError::Console)?;
         let built = builder::build(cfg, console, start)?;
+        log::info!(
+            "Setup-time = {} us (process start to first KVM_RUN)",
+            start.elapsed().as_micros()
+        );
         let vm = RunningVm::start(built, &tx)?;
         let outcome = run_until_event(&vm, &rx, &signals, &mut stdin_open);
         vm.stop();

@@ -159,6 +159,35 @@ pub fn ensure(cache: &Cache) -> Result<Artifacts> {
     })
 }
 
+/// An extra initramfs part with Debian's arm64 QEMU, the side-by-side anchor for benchmarks.
+pub fn ensure_qemu_anchor(cache: &Cache) -> Result<PathBuf> {
+    let pkgs = debian::resolve(&["qemu-system-arm"], None)?;
+    let refs: Vec<&Package> = pkgs.iter().collect();
+    let key = key_of(&["qemu-anchor"], &refs);
+    if let Some(d) = cache.lookup("qemu-anchor", &key)? {
+        return Ok(d.join("qemu.cpio.gz"));
+    }
+    eprintln!("xtask: building the QEMU anchor for benchmarks");
+    let debs = debian::fetch(cache, &pkgs)?;
+    let out = cache.scratch("qemu-anchor")?;
+    let work = cache.scratch("qemu-anchor-work")?;
+    let tree = work.path().join("tree");
+    for deb in &debs {
+        debian::unpack(deb, &tree)?;
+    }
+    let mut a = Archive::new();
+    add_tree_path(
+        &mut a,
+        &tree,
+        "usr/bin/qemu-system-aarch64",
+        &mut BTreeSet::new(),
+    )?;
+    fs::write(out.path().join("qemu.cpio.gz"), gzip(&a)?)?;
+    Ok(cache
+        .publish("qemu-anchor", &key, out)?
+        .join("qemu.cpio.gz"))
+}
+
 fn gzip(a: &Archive) -> Result<Vec<u8>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
     a.write_to(&mut gz)?;

@@ -6,6 +6,7 @@
 //! - `cargo xtask artifacts`: build (or verify) the cached test artifacts and print their paths.
 
 mod artifacts;
+mod bench;
 mod cache;
 mod cpio;
 mod cross;
@@ -95,6 +96,17 @@ enum Task {
         #[command(flatten)]
         machine: Machine,
     },
+    /// Boot benchmarks inside an emulated host with -icount, against Debian's arm64 QEMU.
+    ///
+    /// Prints a table, writes target/bench/boot.json, and fails if a target is missed.
+    Bench {
+        /// Boots per VMM; the median is reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+        /// Time limit in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Build (or verify) the cached artifacts and print their paths.
     Artifacts,
 }
@@ -129,12 +141,13 @@ fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
 
-fn host_payload() -> Result<qemu::Payload> {
+/// The files every emulated host gets: the freshly cross-built vmm.
+pub fn host_payload() -> Result<qemu::Payload> {
     setup::ensure_rust()?;
     let vmm = cross::build_vmm()?;
     Ok(qemu::Payload {
         files: vec![("usr/local/bin/vmm".into(), vmm, 0o755)],
-        env: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -267,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = qemu::run(&spec, &art, &payload, script, &mut sink)?;
             Ok(exit_code(out.status))
         }
+        Task::Bench { runs, timeout } => bench::run(runs, Duration::from_secs(timeout)),
         Task::Artifacts => {
             let cache = cache::Cache::open()?;
             let a = artifacts::ensure(&cache)?;

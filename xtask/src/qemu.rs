@@ -69,6 +69,8 @@ pub struct Payload {
     pub files: Vec<(String, PathBuf, u32)>,
     /// Extra `KEY=value` environment for the command.
     pub env: Vec<(String, String)>,
+    /// Extra prebuilt initramfs parts (cpio, gzip or not) to add.
+    pub parts: Vec<PathBuf>,
 }
 
 /// How a run ended.
@@ -111,7 +113,10 @@ fn build_initrd(
     ));
     let mut out =
         fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    for part in [&art.host_initrd, &art.guest_bundle] {
+    for part in [&art.host_initrd, &art.guest_bundle]
+        .into_iter()
+        .chain(&payload.parts)
+    {
         let mut f =
             fs::File::open(part).with_context(|| format!("cannot open {}", part.display()))?;
         let n = std::io::copy(&mut f, &mut out)?;

@@ -1,0 +1,223 @@
+//! `cargo xtask bench`: boot figures of vmm and of Debian's arm64 QEMU (`-accel kvm -M virt`)
+//! on the same kernel and initramfs, inside one emulated host running with -icount so the
+//! figures repeat. Absolute times under emulation mean little; the ratios and bytes are the
+//! point. Targets: VMM overhead at most 5 MiB, and the VMM's own setup at most 10% of boot.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::artifacts;
+use crate::cache::Cache;
+use crate::qemu::{self, HostSpec};
+
+const OVERHEAD_TARGET_KIB: f64 = 5.0 * 1024.0;
+const SETUP_SHARE_TARGET: f64 = 0.10;
+
+/// Per VMM ("vmm", "qemu"), per metric, the values of each run.
+pub type Samples = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+/// Reads `BENCH <who> <run> key=value...` lines.
+pub fn parse(lines: &[String]) -> Samples {
+    let mut out: Samples = BTreeMap::new();
+    for l in lines {
+        let mut words = l.split_whitespace();
+        if words.next() != Some("BENCH") {
+            continue;
+        }
+        let (Some(who), Some(_run)) = (words.next(), words.next()) else {
+            continue;
+        };
+        for kv in words {
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Ok(v) = v.parse::<f64>() {
+                    out.entry(who.to_string())
+                        .or_default()
+                        .entry(k.to_string())
+                        .or_default()
+                        .push(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The median of some values.
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn get(s: &Samples, who: &str, key: &str) -> Option<f64> {
+    s.get(who).and_then(|m| m.get(key)).and_then(|v| median(v))
+}
+
+fn fmt(v: Option<f64>, scale: f64, unit: &str) -> String {
+    v.map(|v| format!("{:.1} {unit}", v / scale))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Runs the benchmark and reports.
+pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
+    let cache = Cache::open()?;
+    let art = artifacts::ensure(&cache)?;
+    let mut payload = crate::host_payload()?;
+    payload.parts.push(artifacts::ensure_qemu_anchor(&cache)?);
+    payload.env.push(("BENCH_RUNS".into(), runs.to_string()));
+    let spec = HostSpec {
+        name: "bench".into(),
+        cpu: "max".into(),
+        cntfrq: None,
+        smp: 2,
+        mem_mib: 3072,
+        icount: true,
+        timeout,
+        link: None,
+    };
+    let mut lines = Vec::new();
+    let mut sink = |l: &str| {
+        if l.starts_with("BENCH ") {
+            println!("{l}");
+        }
+        lines.push(l.to_string());
+    };
+    let out = qemu::run(
+        &spec,
+        &art,
+        &payload,
+        include_str!("../../resources/bench.sh"),
+        &mut sink,
+    )?;
+    if out.status != 0 {
+        for l in lines.iter().rev().take(30).rev() {
+            eprintln!("{l}");
+        }
+        bail!("the benchmark script failed with status {}", out.status);
+    }
+    let s = parse(&lines);
+    if s.get("vmm").is_none() {
+        bail!("the benchmark produced no vmm figures");
+    }
+    if lines
+        .iter()
+        .any(|l| l.starts_with("BENCH ") && !l.contains("exit=0"))
+    {
+        bail!("a benchmark boot did not end with exit status 0");
+    }
+
+    let ready = (get(&s, "vmm", "ready_us"), get(&s, "qemu", "ready_us"));
+    let overhead = (
+        get(&s, "vmm", "overhead_kib"),
+        get(&s, "qemu", "overhead_kib"),
+    );
+    let setup = get(&s, "vmm", "setup_us");
+    let boot = get(&s, "vmm", "boot_timer_us");
+    let share = setup.zip(boot).map(|(a, b)| a / b);
+    let ratio = |p: (Option<f64>, Option<f64>)| {
+        p.0.zip(p.1)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .unwrap_or("-".into())
+    };
+
+    println!("\nboot benchmark: 1 vCPU, 128 MiB, median of {runs} runs, -icount (virtual time)");
+    println!("| metric | vmm | QEMU (-accel kvm -M virt) | vmm/QEMU | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| start to GUEST_READY on the console | {} | {} | {} | |",
+        fmt(ready.0, 1000.0, "ms"),
+        fmt(ready.1, 1000.0, "ms"),
+        ratio(ready)
+    );
+    println!(
+        "| start to first KVM_RUN | {} | - | - | |",
+        fmt(setup, 1000.0, "ms")
+    );
+    println!(
+        "| start to boot-timer write | {} | - | - | |",
+        fmt(boot, 1000.0, "ms")
+    );
+    println!(
+        "| setup share of boot | {} | - | - | <= 10% |",
+        share
+            .map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or("-".into())
+    );
+    println!(
+        "| memory overhead (RSS outside guest RAM) | {} | {} | {} | <= 5 MiB |",
+        fmt(overhead.0, 1.0, "KiB"),
+        fmt(overhead.1, 1.0, "KiB"),
+        ratio(overhead)
+    );
+
+    let dir = crate::workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "config": {"vcpus": 1, "mem_mib": 128, "runs": runs, "icount": true},
+        "samples": s,
+        "median": {
+            "vmm": {"ready_us": ready.0, "setup_us": setup, "boot_timer_us": boot, "overhead_kib": overhead.0, "setup_share": share},
+            "qemu": {"ready_us": ready.1, "overhead_kib": overhead.1},
+        },
+        "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "setup_share_max": SETUP_SHARE_TARGET},
+    });
+    let path = dir.join("boot.json");
+    fs::write(&path, serde_json::to_string_pretty(&json)?).context("writing the benchmark JSON")?;
+    println!("\nwritten: {}", path.display());
+
+    let mut missed = Vec::new();
+    if overhead.0.is_none_or(|o| o > OVERHEAD_TARGET_KIB) {
+        missed.push("memory overhead above 5 MiB");
+    }
+    if share.is_none_or(|v| v > SETUP_SHARE_TARGET) {
+        missed.push("setup above 10% of boot");
+    }
+    if missed.is_empty() {
+        println!("targets met");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("TARGETS MISSED: {}", missed.join("; "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines_become_medians() {
+        let lines: Vec<String> = [
+            "noise",
+            "BENCH vmm 1 ready_us=300 overhead_kib=2000 guest_rss_kib=9 exit=0 setup_us=10",
+            "BENCH vmm 2 ready_us=100 overhead_kib=2100 guest_rss_kib=9 exit=0 setup_us=12",
+            "BENCH vmm 3 ready_us=200 overhead_kib=1900 guest_rss_kib=9 exit=0 setup_us=",
+            "BENCH qemu 1 ready_us=400 overhead_kib=30000 exit=0",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        let s = parse(&lines);
+        assert_eq!(get(&s, "vmm", "ready_us"), Some(200.0));
+        assert_eq!(
+            get(&s, "vmm", "setup_us"),
+            Some(11.0),
+            "an empty value is skipped"
+        );
+        assert_eq!(get(&s, "qemu", "overhead_kib"), Some(30000.0));
+        assert_eq!(get(&s, "qemu", "setup_us"), None);
+        assert_eq!(median(&[]), None);
+    }
+}
