@@ -108,7 +108,7 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         bail!("the benchmark script failed with status {}", out.status);
     }
     let s = parse(&lines);
-    if s.get("vmm").is_none() {
+    if !s.contains_key("vmm") {
         bail!("the benchmark produced no vmm figures");
     }
     if lines
