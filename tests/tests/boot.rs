@@ -167,7 +167,13 @@ fn a_gzip_compressed_kernel_is_inflated_on_load() {
     assert!(out.status.success());
     std::fs::write(&gz, &out.stdout).expect("write the gzip kernel");
     let initrd = artifact("GUEST_INITRD");
-    let mut g = Guest::start(&["run", "--kernel", gz.to_str().expect("utf-8"), "--initrd", initrd.to_str().expect("utf-8")]);
+    let mut g = Guest::start(&[
+        "run",
+        "--kernel",
+        gz.to_str().expect("utf-8"),
+        "--initrd",
+        initrd.to_str().expect("utf-8"),
+    ]);
     g.wait_for("GUEST_READY");
     assert_eq!(g.sh("uname -m"), vec!["aarch64".to_string()]);
     power_off(g);
@@ -191,13 +197,26 @@ fn the_console_can_go_to_a_file() {
         &console,
     ]);
     let deadline = std::time::Instant::now() + vmm_tests::guest::PATIENCE;
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("GUEST_READY") {
-        assert!(std::time::Instant::now() < deadline, "the console file never showed GUEST_READY");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("GUEST_READY")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console file never showed GUEST_READY"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(g.transcript.is_empty(), "nothing goes to stdout with a file console");
+    assert!(
+        g.transcript.is_empty(),
+        "nothing goes to stdout with a file console"
+    );
     g.signal(libc::SIGTERM);
     let (status, _) = g.wait_exit();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-    assert!(std::fs::read_to_string(&log).unwrap_or_default().contains("Linux version"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Linux version")
+    );
 }

@@ -2,10 +2,13 @@
 //! the API server, snapshots and migration. The only crate that owns threads and KVM
 //! descriptors.
 
+pub mod api;
 pub mod config;
 pub mod console;
+pub mod controller;
 pub mod events;
 pub mod logger;
+pub mod metrics;
 
 #[cfg(target_arch = "aarch64")]
 pub mod builder;

@@ -1,15 +1,18 @@
-//! Runs a VM to its end on the VMM thread: starts the vCPU threads, feeds console input,
-//! and acts on their events (shutdown, reset, panic, errors) and on termination signals.
-//! A reset either ends the run or rebuilds the VM, per the configuration.
+//! The VMM thread: the KVM backend of the controller, and the loop that serves API requests,
+//! feeds console input, and acts on vCPU events (shutdown, reset, panic, errors) and on
+//! termination signals. A reset either ends the run or rebuilds the VM, per the configuration.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
+use crate::api::server::ApiReceiver;
 use crate::builder::{self, BuildError, BuiltVm, Serial};
 use crate::config::{ResetPolicy, VmConfig};
-use crate::console::{ConsoleConfig, ConsoleOutput};
-use crate::events::{self, EventReceiver, EventSender, VmEvent};
+use crate::console::ConsoleOutput;
+use crate::controller::{Backend, Controller};
+use crate::events::{EventReceiver, EventSender, VmEvent};
+use crate::metrics::METRICS;
 use crate::vcpu::{VcpuError, VcpuHandle};
 
 /// How a run ended.
@@ -42,6 +45,9 @@ pub enum RunError {
     /// Waiting for events failed.
     #[error("event loop: {0}")]
     Poll(#[source] std::io::Error),
+    /// A reboot could not build the VM again.
+    #[error("cannot reboot the guest: {0}")]
+    Restart(String),
 }
 
 /// A VM whose vCPUs are running.
@@ -89,8 +95,8 @@ impl RunningVm {
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP (threads started later inherit this) and returns a
-/// signalfd that reports them to the event loop.
-fn termination_signals() -> std::io::Result<OwnedFd> {
+/// signalfd that reports them to the event loop. Call before starting any thread.
+pub fn termination_signals() -> std::io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the calls only edit it and this thread's mask.
@@ -118,28 +124,82 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
     (n == size as isize).then_some(info.ssi_signo as i32)
 }
 
-/// Waits for the next thing to act on: console input, a VM event, or a signal.
-fn run_until_event(
-    vm: &RunningVm,
-    rx: &EventReceiver,
-    signals: &OwnedFd,
-    stdin_open: &mut bool,
-) -> Result<Outcome, RunError> {
+/// The KVM backend of the controller.
+#[derive(Debug)]
+pub struct KvmBackend {
+    events: EventSender,
+    start: Instant,
+}
+
+impl KvmBackend {
+    /// A backend reporting to `events`; `start` is the process start, for boot figures.
+    pub fn new(events: EventSender, start: Instant) -> Self {
+        Self { events, start }
+    }
+}
+
+impl Backend for KvmBackend {
+    type Vm = RunningVm;
+
+    fn start(&mut self, cfg: &VmConfig) -> Result<RunningVm, String> {
+        let console = ConsoleOutput::open(&cfg.console, Some(self.events.clone()))
+            .map_err(|e| format!("cannot open the console: {e}"))?;
+        let built = builder::build(cfg, console, self.start).map_err(|e| e.to_string())?;
+        let setup = self.start.elapsed().as_micros();
+        METRICS.vmm.setup_time_us.set(setup as u64);
+        log::info!("Setup-time = {setup} us (process start to first KVM_RUN)");
+        RunningVm::start(built, &self.events).map_err(|e| e.to_string())
+    }
+
+    fn pause(&mut self, vm: &RunningVm) {
+        vm.pause();
+    }
+
+    fn resume(&mut self, vm: &RunningVm) {
+        vm.resume();
+    }
+}
+
+/// The VMM thread's inputs besides the controller.
+#[derive(Debug)]
+pub struct LoopInputs<'a> {
+    /// vCPU and device events.
+    pub events: &'a EventReceiver,
+    /// API requests, when serving the API.
+    pub api: Option<&'a ApiReceiver>,
+    /// Termination signals.
+    pub signals: &'a OwnedFd,
+    /// Whether stdin feeds the serial console.
+    pub stdin_console: bool,
+}
+
+const METRICS_PERIOD_MS: i32 = 60_000;
+
+/// Runs the VMM thread's loop until the instance ends: answers API requests, feeds console
+/// input, acts on VM events and signals, and flushes metrics every minute.
+pub fn run(ctl: &mut Controller<KvmBackend>, io: &LoopInputs<'_>) -> Result<Outcome, RunError> {
+    let mut stdin_open = io.stdin_console;
     let mut buf = [0u8; 4096];
-    loop {
+    let outcome = loop {
         let mut fds = vec![
             libc::pollfd {
-                fd: rx.wake_fd().as_raw_fd(),
+                fd: io.events.wake_fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: signals.as_raw_fd(),
+                fd: io.signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: io.api.map_or(-1, |a| a.wake_fd().as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },
         ];
-        if *stdin_open {
+        let console_input = stdin_open && ctl.vm().is_some();
+        if console_input {
             fds.push(libc::pollfd {
                 fd: libc::STDIN_FILENO,
                 events: libc::POLLIN,
@@ -147,7 +207,13 @@ fn run_until_event(
             });
         }
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                METRICS_PERIOD_MS,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -155,70 +221,95 @@ fn run_until_event(
             }
             return Err(RunError::Poll(e));
         }
+        if n == 0 {
+            if let Some(sink) = ctl.metrics_sink() {
+                if let Err(e) = sink.flush(&METRICS) {
+                    log::warn!("metrics: {e}");
+                }
+            }
+            continue;
+        }
         if fds[1].revents != 0 {
-            if let Some(sig) = read_signal(signals) {
-                return Ok(Outcome::Signal(sig));
+            if let Some(sig) = read_signal(io.signals) {
+                break Outcome::Signal(sig);
             }
         }
-        if fds.get(2).is_some_and(|f| f.revents != 0) {
+        if fds[2].revents != 0 {
+            if let Some(api) = io.api {
+                for call in api.drain() {
+                    let resp = ctl.handle(call.request);
+                    let _ = call.reply.send(resp);
+                }
+            }
+        }
+        if fds.get(3).is_some_and(|f| f.revents != 0) {
             match std::io::stdin().lock().read(&mut buf) {
-                Ok(0) | Err(_) => *stdin_open = false,
-                Ok(n) => vm
-                    .serial()
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .queue_input(&buf[..n]),
-            }
-        }
-        if fds[0].revents != 0 {
-            if let Some(e) = rx.drain().into_iter().next() {
-                let panic_seen = || {
-                    vm.serial()
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .writer_mut()
-                        .panic_started()
-                };
-                match e {
-                    VmEvent::Shutdown => return Ok(Outcome::Shutdown),
-                    VmEvent::Reset => {
-                        return Ok(match panic_seen() {
-                            Some(msg) => Outcome::GuestPanic(msg),
-                            None => Outcome::Reset,
-                        });
-                    }
-                    VmEvent::GuestPanic(msg) => return Ok(Outcome::GuestPanic(msg)),
-                    VmEvent::VcpuError { index, message } => {
-                        return Ok(Outcome::VcpuFailed(format!("vcpu{index}: {message}")));
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    if let Some(vm) = ctl.vm() {
+                        vm.serial()
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .queue_input(&buf[..n]);
                     }
                 }
             }
         }
+        if fds[0].revents != 0 {
+            if let Some(o) = on_vm_events(ctl, io.events)? {
+                break o;
+            }
+        }
+    };
+    if let Some(vm) = ctl.take_vm() {
+        vm.stop();
     }
+    if let Some(sink) = ctl.metrics_sink() {
+        let _ = sink.flush(&METRICS);
+    }
+    Ok(outcome)
 }
 
-/// Builds and runs the VM until it ends; with the reboot policy a reset boots it again.
-pub fn run(cfg: &VmConfig, start: Instant) -> Result<Outcome, RunError> {
-    let signals = termination_signals().map_err(RunError::Poll)?;
-    let (tx, rx) = events::channel().map_err(RunError::Poll)?;
-    let mut stdin_open = cfg.console == ConsoleConfig::Stdio;
-    loop {
-        let console =
-            ConsoleOutput::open(&cfg.console, Some(tx.clone())).map_err(RunError::Console)?;
-        let built = builder::build(cfg, console, start)?;
-        log::info!(
-            "Setup-time = {} us (process start to first KVM_RUN)",
-            start.elapsed().as_micros()
-        );
-        let vm = RunningVm::start(built, &tx)?;
-        let outcome = run_until_event(&vm, &rx, &signals, &mut stdin_open);
-        vm.stop();
-        let _ = rx.drain();
-        match outcome? {
-            Outcome::Reset if cfg.on_reset == ResetPolicy::Reboot => {
-                log::info!("guest reset: rebooting");
-            }
-            other => return Ok(other),
+/// Acts on VM events; returns the outcome when the instance ends.
+fn on_vm_events(
+    ctl: &mut Controller<KvmBackend>,
+    rx: &EventReceiver,
+) -> Result<Option<Outcome>, RunError> {
+    let Some(e) = rx.drain().into_iter().next() else {
+        return Ok(None);
+    };
+    let panic_seen = |ctl: &Controller<KvmBackend>| {
+        ctl.vm().and_then(|vm| {
+            vm.serial()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .writer_mut()
+                .panic_started()
+        })
+    };
+    Ok(Some(match e {
+        VmEvent::Shutdown => Outcome::Shutdown,
+        VmEvent::GuestPanic(msg) => Outcome::GuestPanic(msg),
+        VmEvent::VcpuError { index, message } => {
+            Outcome::VcpuFailed(format!("vcpu{index}: {message}"))
         }
-    }
+        VmEvent::Reset => {
+            if let Some(msg) = panic_seen(ctl) {
+                return Ok(Some(Outcome::GuestPanic(msg)));
+            }
+            let reboot = ctl
+                .vm_config()
+                .is_ok_and(|c| c.on_reset == ResetPolicy::Reboot);
+            if !reboot {
+                return Ok(Some(Outcome::Reset));
+            }
+            log::info!("guest reset: rebooting");
+            if let Some(vm) = ctl.take_vm() {
+                vm.stop();
+            }
+            let _ = rx.drain();
+            ctl.start().map_err(RunError::Restart)?;
+            return Ok(None);
+        }
+    }))
 }

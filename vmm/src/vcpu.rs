@@ -22,6 +22,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 use devices::MmioBus;
 
 use crate::events::{EventSender, VmEvent};
+use crate::metrics::METRICS;
 
 /// How often a pause or stop request re-sends the kick until the vCPU confirms.
 const KICK_RETRY: Duration = Duration::from_millis(1);
@@ -206,11 +207,13 @@ fn run_loop(index: usize, mut vcpu: VcpuFd, bus: &MmioBus, events: &EventSender,
     while checkpoint(c) {
         match vcpu.run() {
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                METRICS.vcpu.exit_mmio_read.inc();
                 if !bus.read(addr, data) {
                     log::debug!("vcpu{index}: read of unmapped MMIO {addr:#x}");
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                METRICS.vcpu.exit_mmio_write.inc();
                 if !bus.write(addr, data) {
                     log::debug!("vcpu{index}: write to unmapped MMIO {addr:#x}");
                 }
@@ -228,6 +231,7 @@ fn run_loop(index: usize, mut vcpu: VcpuFd, bus: &MmioBus, events: &EventSender,
             }
             Ok(VcpuExit::Intr) => {}
             Ok(other) => {
+                METRICS.vcpu.failures.inc();
                 events.send(VmEvent::VcpuError {
                     index,
                     message: format!("unexpected exit {other:?}"),

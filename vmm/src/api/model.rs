@@ -1,0 +1,221 @@
+//! Request and response bodies of the API, with Firecracker's field names. Every request body
+//! refuses unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+/// `PUT /boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// Path of the kernel image on the host.
+    pub kernel_image_path: String,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    /// Path of the initrd on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+/// Huge-page backing of guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HugePages {
+    /// Normal pages.
+    #[default]
+    None,
+    /// 2 MiB huge pages (not supported yet).
+    #[serde(rename = "2M")]
+    Huge2M,
+}
+
+/// `GET`/`PUT /machine-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpu_count: u32,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u32,
+    /// Simultaneous multithreading (always false on Arm64).
+    #[serde(default)]
+    pub smt: bool,
+    /// Dirty-page tracking.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge pages.
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: crate::config::DEFAULT_VCPUS,
+            mem_size_mib: crate::config::DEFAULT_MEM_MIB,
+            smt: false,
+            track_dirty_pages: false,
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+/// `PATCH /machine-config`: any subset of the fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigPatch {
+    /// Number of vCPUs.
+    pub vcpu_count: Option<u32>,
+    /// Guest memory in MiB.
+    pub mem_size_mib: Option<u32>,
+    /// Simultaneous multithreading.
+    pub smt: Option<bool>,
+    /// Dirty-page tracking.
+    pub track_dirty_pages: Option<bool>,
+    /// Huge pages.
+    pub huge_pages: Option<HugePages>,
+}
+
+/// The actions of `PUT /actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ActionType {
+    /// Boot the configured guest.
+    InstanceStart,
+    /// Write a metrics line now.
+    FlushMetrics,
+    /// Send Ctrl+Alt+Del (x86 only in Firecracker).
+    SendCtrlAltDel,
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// What to do.
+    pub action_type: ActionType,
+}
+
+/// The states `PATCH /vm` can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum VmStateRequest {
+    /// Stop every vCPU.
+    Paused,
+    /// Let the vCPUs run again.
+    Resumed,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    /// The wanted state.
+    pub state: VmStateRequest,
+}
+
+/// Log levels, as Firecracker names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// Informational messages and above.
+    Info,
+    /// Debug messages and above.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            Self::Off => log::LevelFilter::Off,
+            Self::Error => log::LevelFilter::Error,
+            Self::Warning => log::LevelFilter::Warn,
+            Self::Info => log::LevelFilter::Info,
+            Self::Debug => log::LevelFilter::Debug,
+            Self::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            format!("log level must be one of Off, Error, Warning, Info, Debug, Trace, not '{s}'")
+        })
+    }
+}
+
+/// `PUT /logger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// File or FIFO the log goes to (stderr when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// Level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// Whether lines show their level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Whether lines show the source location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only log this module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File or FIFO the metrics lines go to.
+    pub metrics_path: String,
+}
+
+/// The instance states `GET /` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum InstanceState {
+    /// Configured but not booted.
+    #[serde(rename = "Not started")]
+    NotStarted,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+}
+
+/// `GET /`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    /// The application.
+    pub app_name: String,
+    /// The instance id (`--id`).
+    pub id: String,
+    /// Its state.
+    pub state: InstanceState,
+    /// The VMM's version.
+    pub vmm_version: String,
+}
+
+/// `GET /version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionInfo {
+    /// Named as Firecracker names it, for clients that read it; the value is this VMM's version.
+    pub firecracker_version: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// What went wrong.
+    pub fault_message: String,
+}

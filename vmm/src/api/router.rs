@@ -1,0 +1,307 @@
+//! From an HTTP method, path and body to a typed request, or to the error response that
+//! names what is wrong. Portable and independent of the HTTP library.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::model::{
+    Action, BootSource, LoggerConfig, MachineConfig, MachineConfigPatch, MetricsConfig, VmPatch,
+};
+
+/// Largest request body accepted (Firecracker's limit).
+pub const MAX_BODY: usize = 51_200;
+
+/// Every (path, method) the server serves. The OpenAPI document must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/", "GET"),
+    ("/version", "GET"),
+    ("/boot-source", "PUT"),
+    ("/machine-config", "GET"),
+    ("/machine-config", "PUT"),
+    ("/machine-config", "PATCH"),
+    ("/actions", "PUT"),
+    ("/vm", "PATCH"),
+    ("/vm/config", "GET"),
+    ("/logger", "PUT"),
+    ("/metrics", "PUT"),
+];
+
+/// Firecracker resources that later work brings; until then they get a 400 that says so.
+pub const NOT_YET: &[&str] = &[
+    "/drives",
+    "/network-interfaces",
+    "/vsock",
+    "/entropy",
+    "/snapshot",
+    "/cpu-config",
+    "/balloon",
+    "/mmds",
+];
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET /`.
+    GetInstanceInfo,
+    /// `GET /version`.
+    GetVersion,
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /actions`.
+    PutAction(Action),
+    /// `PATCH /vm`.
+    PatchVm(VmPatch),
+    /// `GET /vm/config`.
+    GetVmConfig,
+    /// `PUT /logger`.
+    PutLogger(LoggerConfig),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsConfig),
+}
+
+impl ApiRequest {
+    /// The metrics bucket of this request, Firecracker-style (`put_api_requests.actions_count`).
+    pub fn metric(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::GetInstanceInfo => ("get_api_requests", "instance_info_count"),
+            Self::GetVersion => ("get_api_requests", "vmm_version_count"),
+            Self::GetMachineConfig => ("get_api_requests", "machine_cfg_count"),
+            Self::GetVmConfig => ("get_api_requests", "vm_config_count"),
+            Self::PutBootSource(_) => ("put_api_requests", "boot_source_count"),
+            Self::PutMachineConfig(_) => ("put_api_requests", "machine_cfg_count"),
+            Self::PutAction(_) => ("put_api_requests", "actions_count"),
+            Self::PutLogger(_) => ("put_api_requests", "logger_count"),
+            Self::PutMetrics(_) => ("put_api_requests", "metrics_count"),
+            Self::PatchMachineConfig(_) => ("patch_api_requests", "machine_cfg_count"),
+            Self::PatchVm(_) => ("patch_api_requests", "vm_count"),
+        }
+    }
+}
+
+/// A response: status and optional JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Option<Value>,
+}
+
+impl ApiResponse {
+    /// 200 with a body.
+    pub fn ok(body: Value) -> Self {
+        Self {
+            status: 200,
+            body: Some(body),
+        }
+    }
+
+    /// 204.
+    pub fn no_content() -> Self {
+        Self {
+            status: 204,
+            body: None,
+        }
+    }
+
+    /// An error with Firecracker's `fault_message` body.
+    pub fn fault(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: Some(serde_json::json!({ "fault_message": message.into() })),
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::fault(400, message)
+    }
+}
+
+fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiResponse::bad_request("the request needs a JSON body"));
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| ApiResponse::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Parses one request.
+pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    if raw.len() > MAX_BODY {
+        return Err(ApiResponse::fault(
+            413,
+            format!("request body over {MAX_BODY} bytes"),
+        ));
+    }
+    let path = path.split('?').next().unwrap_or(path);
+    let req = match (method, path) {
+        ("GET", "/") => ApiRequest::GetInstanceInfo,
+        ("GET", "/version") => ApiRequest::GetVersion,
+        ("PUT", "/boot-source") => ApiRequest::PutBootSource(body(raw)?),
+        ("GET", "/machine-config") => ApiRequest::GetMachineConfig,
+        ("PUT", "/machine-config") => ApiRequest::PutMachineConfig(body(raw)?),
+        ("PATCH", "/machine-config") => ApiRequest::PatchMachineConfig(body(raw)?),
+        ("PUT", "/actions") => ApiRequest::PutAction(body(raw)?),
+        ("PATCH", "/vm") => ApiRequest::PatchVm(body(raw)?),
+        ("GET", "/vm/config") => ApiRequest::GetVmConfig,
+        ("PUT", "/logger") => ApiRequest::PutLogger(body(raw)?),
+        ("PUT", "/metrics") => ApiRequest::PutMetrics(body(raw)?),
+        _ => {
+            if let Some(r) = NOT_YET
+                .iter()
+                .find(|r| path == **r || path.starts_with(&format!("{r}/")))
+            {
+                return Err(ApiResponse::bad_request(format!(
+                    "the {r} resource is not supported yet"
+                )));
+            }
+            if ROUTES.iter().any(|(p, _)| *p == path) {
+                return Err(ApiResponse::fault(
+                    405,
+                    format!("{method} is not allowed on {path}"),
+                ));
+            }
+            return Err(ApiResponse::fault(404, format!("no resource at {path}")));
+        }
+    };
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::model::{ActionType, VmStateRequest};
+
+    fn fault(r: Result<ApiRequest, ApiResponse>) -> (u16, String) {
+        let e = r.unwrap_err();
+        (
+            e.status,
+            e.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn firecracker_requests_parse() {
+        assert_eq!(parse("GET", "/", b"").unwrap(), ApiRequest::GetInstanceInfo);
+        let b = parse(
+            "PUT",
+            "/boot-source",
+            br#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            ApiRequest::PutBootSource(BootSource {
+                kernel_image_path: "/k".into(),
+                boot_args: Some("console=ttyS0".into()),
+                initrd_path: None
+            })
+        );
+        let m = parse(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": 2, "mem_size_mib": 1024}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(m, ApiRequest::PutMachineConfig(c) if c.vcpu_count == 2 && c.mem_size_mib == 1024)
+        );
+        let a = parse("PUT", "/actions", br#"{"action_type": "InstanceStart"}"#).unwrap();
+        assert_eq!(
+            a,
+            ApiRequest::PutAction(Action {
+                action_type: ActionType::InstanceStart
+            })
+        );
+        let v = parse("PATCH", "/vm", br#"{"state": "Paused"}"#).unwrap();
+        assert_eq!(
+            v,
+            ApiRequest::PatchVm(VmPatch {
+                state: VmStateRequest::Paused
+            })
+        );
+        let p = parse("PATCH", "/machine-config", br#"{"mem_size_mib": 256}"#).unwrap();
+        assert!(
+            matches!(p, ApiRequest::PatchMachineConfig(p) if p.mem_size_mib == Some(256) && p.vcpu_count.is_none())
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_the_reason() {
+        let (s, m) = fault(parse("PUT", "/boot-source", b"{not json"));
+        assert_eq!(s, 400);
+        assert!(m.starts_with("invalid request body"), "{m}");
+        let (s, m) = fault(parse(
+            "PUT",
+            "/boot-source",
+            br#"{"kernel_image_path": "/k", "colour": "red"}"#,
+        ));
+        assert_eq!(s, 400);
+        assert!(m.contains("unknown field `colour`"), "{m}");
+        let (_, m) = fault(parse(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": "2", "mem_size_mib": 1}"#,
+        ));
+        assert!(m.contains("invalid type"), "{m}");
+        let (_, m) = fault(parse("PUT", "/machine-config", br#"{"vcpu_count": 2}"#));
+        assert!(m.contains("missing field `mem_size_mib`"), "{m}");
+        let (_, m) = fault(parse("PUT", "/actions", br#"{"action_type": "Reboot"}"#));
+        assert!(m.contains("unknown variant `Reboot`"), "{m}");
+        let (_, m) = fault(parse("PUT", "/actions", b""));
+        assert!(m.contains("needs a JSON body"), "{m}");
+    }
+
+    #[test]
+    fn paths_and_methods() {
+        assert_eq!(fault(parse("GET", "/nope", b"")).0, 404);
+        assert_eq!(fault(parse("DELETE", "/machine-config", b"")).0, 405);
+        assert_eq!(fault(parse("POST", "/", b"")).0, 405);
+        let (s, m) = fault(parse("PUT", "/drives/rootfs", b"{}"));
+        assert_eq!(
+            (s, m.as_str()),
+            (400, "the /drives resource is not supported yet")
+        );
+        assert_eq!(
+            fault(parse("PUT", "/snapshot/create", b"{}")).1,
+            "the /snapshot resource is not supported yet"
+        );
+        assert_eq!(
+            fault(parse("PUT", "/logger", &vec![b' '; MAX_BODY + 1])).0,
+            413
+        );
+        assert_eq!(
+            parse("GET", "/?x=1", b"").unwrap(),
+            ApiRequest::GetInstanceInfo
+        );
+    }
+
+    #[test]
+    fn every_route_parses_with_a_valid_body() {
+        let bodies = [
+            r#"{"kernel_image_path": "/k"}"#,
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+            r#"{"action_type": "FlushMetrics"}"#,
+            r#"{"state": "Resumed"}"#,
+            r#"{"level": "Info"}"#,
+            r#"{"metrics_path": "/m"}"#,
+        ];
+        for (path, method) in ROUTES {
+            let ok = bodies
+                .iter()
+                .any(|b| parse(method, path, b.as_bytes()).is_ok())
+                || parse(method, path, b"").is_ok();
+            assert!(ok, "{method} {path} accepts none of the sample bodies");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Metrics in Firecracker's layout: counters grouped by component, written as one JSON object
+//! per line to a file or FIFO on `FlushMetrics`, every minute, and at exit.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Serialize, Serializer};
+
+/// A counter that serializes as its value.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the value (for gauges such as the boot time).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+impl Serialize for Counter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+macro_rules! group {
+    ($(#[$m:meta])* $name:ident { $($field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, Serialize)]
+        pub struct $name { $(#[allow(missing_docs)] pub $field: Counter,)* }
+    };
+}
+
+group!(
+    /// `api_server`.
+    ApiServerMetrics { process_startup_time_us, sync_response_fails, sync_vmm_send_timeout_count }
+);
+group!(
+    /// `get_api_requests`.
+    GetApiMetrics { instance_info_count, machine_cfg_count, vm_config_count, vmm_version_count }
+);
+group!(
+    /// `put_api_requests`.
+    PutApiMetrics {
+        actions_count, actions_fails, boot_source_count, boot_source_fails, logger_count, logger_fails,
+        machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
+    }
+);
+group!(
+    /// `patch_api_requests`.
+    PatchApiMetrics { machine_cfg_count, machine_cfg_fails, vm_count, vm_fails }
+);
+group!(
+    /// `vcpu`.
+    VcpuMetrics { exit_mmio_read, exit_mmio_write, failures }
+);
+group!(
+    /// `vmm`.
+    VmmMetrics { boot_time_us, setup_time_us, pause_count, resume_count }
+);
+group!(
+    /// `uart`.
+    UartMetrics { write_count, read_count, missed_write_count }
+);
+
+/// Every metric of the process.
+#[derive(Debug, Default, Serialize)]
+pub struct Metrics {
+    pub api_server: ApiServerMetrics,
+    pub get_api_requests: GetApiMetrics,
+    pub put_api_requests: PutApiMetrics,
+    pub patch_api_requests: PatchApiMetrics,
+    pub vcpu: VcpuMetrics,
+    pub vmm: VmmMetrics,
+    pub uart: UartMetrics,
+}
+
+/// The process's metrics.
+pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+
+impl Metrics {
+    /// Counts one API request, or its failure, by Firecracker's bucket names.
+    pub fn count_request(&self, group: &str, name: &str, failed: bool) {
+        let fails = name.replace("_count", "_fails");
+        let pick = |n: &str| -> Option<&Counter> {
+            match (group, n) {
+                ("get_api_requests", "instance_info_count") => {
+                    Some(&self.get_api_requests.instance_info_count)
+                }
+                ("get_api_requests", "machine_cfg_count") => {
+                    Some(&self.get_api_requests.machine_cfg_count)
+                }
+                ("get_api_requests", "vm_config_count") => {
+                    Some(&self.get_api_requests.vm_config_count)
+                }
+                ("get_api_requests", "vmm_version_count") => {
+                    Some(&self.get_api_requests.vmm_version_count)
+                }
+                ("put_api_requests", "actions_count") => Some(&self.put_api_requests.actions_count),
+                ("put_api_requests", "actions_fails") => Some(&self.put_api_requests.actions_fails),
+                ("put_api_requests", "boot_source_count") => {
+                    Some(&self.put_api_requests.boot_source_count)
+                }
+                ("put_api_requests", "boot_source_fails") => {
+                    Some(&self.put_api_requests.boot_source_fails)
+                }
+                ("put_api_requests", "logger_count") => Some(&self.put_api_requests.logger_count),
+                ("put_api_requests", "logger_fails") => Some(&self.put_api_requests.logger_fails),
+                ("put_api_requests", "machine_cfg_count") => {
+                    Some(&self.put_api_requests.machine_cfg_count)
+                }
+                ("put_api_requests", "machine_cfg_fails") => {
+                    Some(&self.put_api_requests.machine_cfg_fails)
+                }
+                ("put_api_requests", "metrics_count") => Some(&self.put_api_requests.metrics_count),
+                ("put_api_requests", "metrics_fails") => Some(&self.put_api_requests.metrics_fails),
+                ("patch_api_requests", "machine_cfg_count") => {
+                    Some(&self.patch_api_requests.machine_cfg_count)
+                }
+                ("patch_api_requests", "machine_cfg_fails") => {
+                    Some(&self.patch_api_requests.machine_cfg_fails)
+                }
+                ("patch_api_requests", "vm_count") => Some(&self.patch_api_requests.vm_count),
+                ("patch_api_requests", "vm_fails") => Some(&self.patch_api_requests.vm_fails),
+                _ => None,
+            }
+        };
+        if let Some(c) = pick(name) {
+            c.inc();
+        }
+        if failed {
+            if let Some(c) = pick(&fails) {
+                c.inc();
+            }
+        }
+    }
+
+    /// One metrics line: the counters plus a UTC timestamp in milliseconds.
+    pub fn line(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("utc_timestamp_ms".into(), ms.into());
+        }
+        v.to_string()
+    }
+}
+
+/// Where metrics lines go.
+#[derive(Debug)]
+pub struct MetricsSink {
+    file: File,
+    path: String,
+}
+
+impl MetricsSink {
+    /// Opens a file (appended to, created if missing) or an existing FIFO.
+    pub fn open(path: &str) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            file,
+            path: path.to_string(),
+        })
+    }
+
+    /// The path it writes to.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Writes one line with the current counters.
+    pub fn flush(&mut self, m: &Metrics) -> std::io::Result<()> {
+        let mut line = m.line();
+        line.push('\n');
+        self.file.write_all(line.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_use_firecracker_group_names() {
+        let m = Metrics::default();
+        m.count_request("put_api_requests", "actions_count", true);
+        m.count_request("get_api_requests", "instance_info_count", false);
+        m.vcpu.exit_mmio_write.add(3);
+        let v: serde_json::Value = serde_json::from_str(&m.line()).unwrap();
+        assert_eq!(v["put_api_requests"]["actions_count"], 1);
+        assert_eq!(v["put_api_requests"]["actions_fails"], 1);
+        assert_eq!(v["get_api_requests"]["instance_info_count"], 1);
+        assert_eq!(v["vcpu"]["exit_mmio_write"], 3);
+        assert!(v["utc_timestamp_ms"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_sink_appends_one_line_per_flush() {
+        let p = std::env::temp_dir().join(format!("vmm-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let mut s = MetricsSink::open(p.to_str().unwrap()).unwrap();
+        let m = Metrics::default();
+        s.flush(&m).unwrap();
+        s.flush(&m).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        std::fs::remove_file(p).unwrap();
+    }
+}
