@@ -104,6 +104,27 @@ impl Guest {
         );
     }
 
+    /// Waits for the guest: the console line that contains `needle`, with no command sent.
+    pub fn wait_quiet(&mut self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while let Some(l) = self.next_line(deadline) {
+            if l.contains(needle) {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Every console line that arrives within `within`.
+    pub fn collect_for(&mut self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while let Some(l) = self.next_line(deadline) {
+            out.push(l);
+        }
+        out
+    }
+
     /// Sends raw text to the console.
     pub fn send(&mut self, text: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");

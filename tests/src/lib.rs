@@ -5,6 +5,7 @@
 #![allow(clippy::panic)]
 
 pub mod a64;
+pub mod api;
 pub mod guest;
 
 #[cfg(target_arch = "aarch64")]
