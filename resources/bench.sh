@@ -31,25 +31,40 @@ boot() {
     done
     t1=$(us)
     sleep 1
+    LOAD=""
+    if [ "$name" = vmm-api ]; then
+        LOAD=$(api-load /tmp/bench.sock 10 200)
+    fi
     mem=$(rss_split "$pid")
     printf 'poweroff -f\n' >&"$in"
     while IFS= read -r -t 900 line <&"$out"; do :; done
     wait "$pid"
     rc=$?
     local extra=""
-    if [ "$name" = vmm ]; then
+    if [ "$name" = vmm-api ]; then
+        local api_ready load
+        api_ready=$(sed -n 's/.*API ready on .* after \([0-9]*\) us.*/\1/p' /tmp/bench.err | head -1)
+        extra="api_ready_us=$api_ready $LOAD"
+    fi
+    if [ "$name" = vmm ] || [ "$name" = vmm-api ]; then
         local setup boot_us
         setup=$(sed -n 's/.*Setup-time = *\([0-9]*\) us.*/\1/p' /tmp/bench.err | head -1)
         boot_us=$(sed -n 's/.*Guest-boot-time = *\([0-9]*\) us.*/\1/p' /tmp/bench.err | head -1)
-        extra="setup_us=$setup boot_timer_us=$boot_us"
+        extra="$extra setup_us=$setup boot_timer_us=$boot_us"
     fi
     echo "BENCH $name $run ready_us=$((t1 - t0)) $mem exit=$rc $extra"
 }
 
 cmdline="reboot=k panic=1 quiet"
+cat > /tmp/bench.json <<JSON
+{"boot-source": {"kernel_image_path": "$GUEST_KERNEL", "initrd_path": "$GUEST_INITRD",
+                 "boot_args": "console=ttyS0 $cmdline"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": $mem_mib}}
+JSON
 for run in $(seq "$runs"); do
     boot vmm "$run" vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 \
         --memory "$mem_mib" --cmdline "console=ttyS0 $cmdline" --boot-timer
+    boot vmm-api "$run" vmm --api-sock /tmp/bench.sock --config-file /tmp/bench.json --boot-timer
     if command -v qemu-system-aarch64 >/dev/null; then
         boot qemu "$run" qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 \
             -m "$mem_mib" -nodefaults -no-reboot -display none -serial stdio \

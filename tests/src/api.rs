@@ -12,7 +12,12 @@ pub fn socket_path(tag: &str) -> PathBuf {
 /// Sends one request with curl; returns the status and the body.
 pub fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut c = Command::new("curl");
-    c.args(["-sS", "--unix-socket"]).arg(sock).args(["-X", method, "-H", "Content-Type: application/json"]);
+    c.args(["-sS", "--unix-socket"]).arg(sock).args([
+        "-X",
+        method,
+        "-H",
+        "Content-Type: application/json",
+    ]);
     if let Some(b) = body {
         c.args(["--data-binary", b]);
     }
@@ -34,7 +39,11 @@ pub fn get_json(sock: &Path, path: &str) -> serde_json::Value {
 pub fn wait_ready(sock: &Path) {
     let deadline = Instant::now() + crate::guest::PATIENCE;
     while curl(sock, "GET", "/", None).0 != 200 {
-        assert!(Instant::now() < deadline, "the API socket {} never answered", sock.display());
+        assert!(
+            Instant::now() < deadline,
+            "the API socket {} never answered",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -18,18 +18,32 @@ fn initrd() -> String {
 }
 
 /// Starts a ticking loop in the guest and checks that it stops while paused.
-fn check_pause_stops_the_guest(g: &mut Guest, pause: &dyn Fn(), resume: &dyn Fn(), state: &dyn Fn() -> String) {
+fn check_pause_stops_the_guest(
+    g: &mut Guest,
+    pause: &dyn Fn(),
+    resume: &dyn Fn(),
+    state: &dyn Fn() -> String,
+) {
     g.send("(i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done) &\n");
-    assert!(g.wait_quiet("tick-3", Duration::from_secs(120)).is_some(), "the guest loop runs");
+    assert!(
+        g.wait_quiet("tick-3", Duration::from_secs(120)).is_some(),
+        "the guest loop runs"
+    );
     pause();
     assert_eq!(state(), "Paused");
     // Output the guest had already produced may still drain; after that, nothing new.
     let _ = g.collect_for(Duration::from_secs(1));
     let during = g.collect_for(Duration::from_secs(3));
-    assert!(!during.iter().any(|l| l.contains("tick-")), "the guest ran while paused: {during:?}");
+    assert!(
+        !during.iter().any(|l| l.contains("tick-")),
+        "the guest ran while paused: {during:?}"
+    );
     resume();
     assert_eq!(state(), "Running");
-    assert!(g.wait_quiet("tick-", Duration::from_secs(120)).is_some(), "the loop runs again after resume");
+    assert!(
+        g.wait_quiet("tick-", Duration::from_secs(120)).is_some(),
+        "the loop runs again after resume"
+    );
     g.send("kill %1\n");
 }
 
@@ -45,14 +59,22 @@ fn the_getting_started_sequence_with_curl() {
     let sock = socket_path("curl");
     let metrics = std::env::temp_dir().join(format!("vmm-metrics-{}", std::process::id()));
     let _ = std::fs::remove_file(&metrics);
-    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8"), "--id", "demo-vm"]);
+    let mut g = Guest::start(&[
+        "--api-sock",
+        sock.to_str().expect("utf-8"),
+        "--id",
+        "demo-vm",
+    ]);
     wait_ready(&sock);
     let info = get_json(&sock, "/");
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "demo-vm");
 
     // Before start: pausing is refused, bad bodies are refused, nothing changes.
-    assert_eq!(curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 400);
+    assert_eq!(
+        curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        400
+    );
     let mbody = format!(r#"{{"metrics_path": "{}"}}"#, metrics.display());
     assert_eq!(curl(&sock, "PUT", "/metrics", Some(&mbody)).0, 204);
 
@@ -62,24 +84,90 @@ fn the_getting_started_sequence_with_curl() {
         initrd()
     );
     assert_eq!(curl(&sock, "PUT", "/boot-source", Some(&bs)).0, 204);
-    assert_eq!(curl(&sock, "PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#)).0, 204);
-    assert_eq!(curl(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0, 204);
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#)
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
     g.wait_for("GUEST_READY");
     assert_eq!(get_json(&sock, "/")["state"], "Running");
     assert_eq!(g.sh("nproc"), vec!["2".to_string()]);
 
     // Bad requests against the running server: the right 4xx, and the VM goes on.
     let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
-        ("PUT", "/machine-config", Some("{not json"), 400, "invalid request body"),
-        ("PUT", "/boot-source", Some(r#"{"kernel_image_path": "/k", "extra": 1}"#), 400, "unknown field"),
-        ("PUT", "/metrics", Some(r#"{"metrics_path": 5}"#), 400, "invalid type"),
-        ("PUT", "/actions", Some("{}"), 400, "missing field `action_type`"),
+        (
+            "PUT",
+            "/machine-config",
+            Some("{not json"),
+            400,
+            "invalid request body",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path": "/k", "extra": 1}"#),
+            400,
+            "unknown field",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            Some(r#"{"metrics_path": 5}"#),
+            400,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some("{}"),
+            400,
+            "missing field `action_type`",
+        ),
         ("GET", "/no/such/thing", None, 404, "no resource"),
         ("DELETE", "/vm", None, 405, "not allowed"),
-        ("PUT", "/drives/rootfs", Some("{}"), 400, "not supported yet"),
-        ("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#), 400, "already running"),
-        ("PUT", "/machine-config", Some(r#"{"vcpu_count": 4, "mem_size_mib": 512}"#), 400, "after starting"),
-        ("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#), 400, "not paused"),
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some("{}"),
+            400,
+            "not supported yet",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+            400,
+            "already running",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 4, "mem_size_mib": 512}"#),
+            400,
+            "after starting",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            Some(r#"{"state": "Resumed"}"#),
+            400,
+            "not paused",
+        ),
     ];
     for (method, path, body, code, needle) in cases {
         let (got, text) = curl(&sock, method, path, *body);
@@ -96,20 +184,53 @@ fn the_getting_started_sequence_with_curl() {
     let s = sock.clone();
     check_pause_stops_the_guest(
         &mut g,
-        &|| assert_eq!(curl(&s, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204),
-        &|| assert_eq!(curl(&s, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204),
-        &|| get_json(&s, "/")["state"].as_str().unwrap_or_default().to_string(),
+        &|| {
+            assert_eq!(
+                curl(&s, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+                204
+            )
+        },
+        &|| {
+            assert_eq!(
+                curl(&s, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+                204
+            )
+        },
+        &|| {
+            get_json(&s, "/")["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        },
     );
 
-    assert_eq!(curl(&sock, "PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#)).0, 204);
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "FlushMetrics"}"#)
+        )
+        .0,
+        204
+    );
     let text = std::fs::read_to_string(&metrics).expect("metrics file");
-    let line: serde_json::Value = serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
-    assert!(line["put_api_requests"]["actions_count"].as_u64().unwrap_or(0) >= 2);
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert!(
+        line["put_api_requests"]["actions_count"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    );
     assert!(line["patch_api_requests"]["vm_count"].as_u64().unwrap_or(0) >= 2);
     assert!(line["vcpu"]["exit_mmio_write"].as_u64().unwrap_or(0) > 0);
 
     let cfg = get_json(&sock, "/vm/config");
-    assert_eq!(cfg["boot-source"]["kernel_image_path"].as_str(), Some(kernel().as_str()));
+    assert_eq!(
+        cfg["boot-source"]["kernel_image_path"].as_str(),
+        Some(kernel().as_str())
+    );
     assert_eq!(cfg["machine-config"]["mem_size_mib"], 256);
     power_off(g, &sock);
 }
@@ -121,15 +242,38 @@ fn the_same_flow_through_the_cli() {
     let mut g = Guest::start(&["--api-sock", &s]);
     wait_ready(&sock);
     let vmm = |args: &[&str]| {
-        let out = std::process::Command::new(vmm_bin()).args(args).output().expect("run vmm client");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = std::process::Command::new(vmm_bin())
+            .args(args)
+            .output()
+            .expect("run vmm client");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, out, _) = vmm(&["info", "--api-sock", &s]);
     assert_eq!(code, Some(0));
     assert!(out.contains("state: Not started"), "{out}");
-    let (code, _, err) = vmm(&["boot-source", "--api-sock", &s, "--kernel", &kernel(), "--initrd", &initrd()]);
+    let (code, _, err) = vmm(&[
+        "boot-source",
+        "--api-sock",
+        &s,
+        "--kernel",
+        &kernel(),
+        "--initrd",
+        &initrd(),
+    ]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = vmm(&["machine-config", "--api-sock", &s, "--vcpus", "2", "--memory", "256"]);
+    let (code, _, err) = vmm(&[
+        "machine-config",
+        "--api-sock",
+        &s,
+        "--vcpus",
+        "2",
+        "--memory",
+        "256",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = vmm(&["start", "--api-sock", &s]);
     assert_eq!((code, out.trim()), (Some(0), "started"), "{err}");
@@ -142,7 +286,10 @@ fn the_same_flow_through_the_cli() {
     assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
     let state = || {
         let (_, out, _) = vmm(&["info", "--api-sock", &s, "--json"]);
-        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["state"].as_str().unwrap_or_default().to_string()
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     };
     check_pause_stops_the_guest(
         &mut g,
@@ -152,7 +299,10 @@ fn the_same_flow_through_the_cli() {
     );
     let (code, _, err) = vmm(&["info", "--api-sock", "/nonexistent.sock"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("cannot connect to the API socket /nonexistent.sock"), "{err}");
+    assert!(
+        err.contains("cannot connect to the API socket /nonexistent.sock"),
+        "{err}"
+    );
     power_off(g, &sock);
 }
 
@@ -169,15 +319,27 @@ fn the_config_file_boots_with_the_api_and_the_socket_is_guarded() {
         ),
     )
     .expect("write config");
-    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8"), "--config-file", cfg.to_str().expect("utf-8")]);
+    let mut g = Guest::start(&[
+        "--api-sock",
+        sock.to_str().expect("utf-8"),
+        "--config-file",
+        cfg.to_str().expect("utf-8"),
+    ]);
     g.wait_for("GUEST_READY");
     assert_eq!(get_json(&sock, "/")["state"], "Running");
     assert_eq!(get_json(&sock, "/machine-config")["mem_size_mib"], 192);
     // A second vmm must not take over a socket that a live process serves.
     let (code, stderr) = vmm_tests::guest::refused(&["--api-sock", sock.to_str().expect("utf-8")]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("already serving the API socket"), "{stderr}");
-    assert_eq!(get_json(&sock, "/")["state"], "Running", "the first vmm still serves");
+    assert!(
+        stderr.contains("already serving the API socket"),
+        "{stderr}"
+    );
+    assert_eq!(
+        get_json(&sock, "/")["state"],
+        "Running",
+        "the first vmm still serves"
+    );
     power_off(g, &sock);
 }
 
@@ -188,7 +350,10 @@ fn a_stale_socket_is_replaced() {
     assert!(sock.exists());
     let g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
     wait_ready(&sock);
-    assert_eq!(get_json(&sock, "/version")["firecracker_version"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        get_json(&sock, "/version")["firecracker_version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     g.signal(libc::SIGTERM);
     let (status, _) = g.wait_exit();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
@@ -203,13 +368,26 @@ fn a_failed_start_keeps_the_instance() {
     // A readable file that is not a kernel passes PUT /boot-source and fails at start.
     let bs = format!(r#"{{"kernel_image_path": "{}"}}"#, initrd());
     assert_eq!(curl(&sock, "PUT", "/boot-source", Some(&bs)).0, 204);
-    let (code, body) = curl(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#));
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
     assert_eq!(code, 400);
     assert!(body.contains("not an arm64 Linux Image"), "{body}");
     assert_eq!(get_json(&sock, "/")["state"], "Not started");
-    let (code, body) = curl(&sock, "PUT", "/boot-source", Some(r#"{"kernel_image_path": "/nonexistent"}"#));
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/nonexistent"}"#),
+    );
     assert_eq!(code, 400);
-    assert!(body.contains("cannot open kernel image /nonexistent"), "{body}");
+    assert!(
+        body.contains("cannot open kernel image /nonexistent"),
+        "{body}"
+    );
     g.signal(libc::SIGTERM);
     let _ = g.wait_exit();
 }

@@ -76,6 +76,11 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
     let art = artifacts::ensure(&cache)?;
     let mut payload = crate::host_payload()?;
     payload.parts.push(artifacts::ensure_qemu_anchor(&cache)?);
+    payload.files.push((
+        "usr/local/bin/api-load".into(),
+        crate::cross::build_api_load()?,
+        0o755,
+    ));
     payload.env.push(("BENCH_RUNS".into(), runs.to_string()));
     let spec = HostSpec {
         name: "bench".into(),
@@ -86,6 +91,7 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         icount: true,
         timeout,
         link: None,
+        forwards: Vec::new(),
     };
     let mut lines = Vec::new();
     let mut sink = |l: &str| {
@@ -126,6 +132,11 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
     let setup = get(&s, "vmm", "setup_us");
     let boot = get(&s, "vmm", "boot_timer_us");
     let share = setup.zip(boot).map(|(a, b)| a / b);
+    let api_ready = get(&s, "vmm-api", "api_ready_us");
+    let api_share = api_ready.zip(boot).map(|(a, b)| a / b);
+    let (p50, p99) = (get(&s, "vmm-api", "p50_us"), get(&s, "vmm-api", "p99_us"));
+    let api_overhead = get(&s, "vmm-api", "overhead_kib");
+    let api_thread_kib = api_overhead.zip(overhead.0).map(|(a, b)| a - b);
     let ratio = |p: (Option<f64>, Option<f64>)| {
         p.0.zip(p.1)
             .map(|(a, b)| format!("{:.2}", a / b))
@@ -162,6 +173,32 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         ratio(overhead)
     );
 
+    println!(
+        "\nAPI: the same boot through `vmm --api-sock --config-file`, then GET / from 10 keep-alive clients"
+    );
+    println!("| metric | vmm | target |");
+    println!("|---|---|---|");
+    println!(
+        "| start to API socket ready | {} | |",
+        fmt(api_ready, 1000.0, "ms")
+    );
+    println!(
+        "| API ready / boot time | {} | <= 10% |",
+        api_share
+            .map(|v| format!("{:.2}%", v * 100.0))
+            .unwrap_or("-".into())
+    );
+    println!("| GET / latency, median | {} | |", fmt(p50, 1.0, "us"));
+    println!("| GET / latency, p99 | {} | |", fmt(p99, 1.0, "us"));
+    println!(
+        "| memory overhead with the API | {} | <= 5 MiB |",
+        fmt(api_overhead, 1.0, "KiB")
+    );
+    println!(
+        "| API thread's share of the overhead | {} | |",
+        fmt(api_thread_kib, 1.0, "KiB")
+    );
+
     let dir = crate::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
@@ -170,6 +207,8 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         "median": {
             "vmm": {"ready_us": ready.0, "setup_us": setup, "boot_timer_us": boot, "overhead_kib": overhead.0, "setup_share": share},
             "qemu": {"ready_us": ready.1, "overhead_kib": overhead.1},
+            "vmm-api": {"api_ready_us": api_ready, "api_ready_share": api_share, "get_p50_us": p50, "get_p99_us": p99,
+                        "overhead_kib": api_overhead, "api_thread_kib": api_thread_kib},
         },
         "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "setup_share_max": SETUP_SHARE_TARGET},
     });
@@ -183,6 +222,12 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
     }
     if share.is_none_or(|v| v > SETUP_SHARE_TARGET) {
         missed.push("setup above 10% of boot");
+    }
+    if api_share.is_none_or(|v| v > SETUP_SHARE_TARGET) {
+        missed.push("API ready later than 10% of boot");
+    }
+    if api_overhead.is_none_or(|o| o > OVERHEAD_TARGET_KIB) {
+        missed.push("memory overhead with the API above 5 MiB");
     }
     if missed.is_empty() {
         println!("targets met");

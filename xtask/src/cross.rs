@@ -77,3 +77,12 @@ pub fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     }
     Ok(tests)
 }
+
+/// Builds the benchmark's API load client.
+pub fn build_api_load() -> Result<PathBuf> {
+    cargo_executables(&["build", "--package", "vmm-tests", "--bin", "api-load"])?
+        .into_iter()
+        .find(|(n, _, test)| n == "api-load" && !test)
+        .map(|(_, p, _)| p)
+        .context("cargo built no api-load binary")
+}

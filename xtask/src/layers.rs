@@ -211,6 +211,7 @@ pub fn emulated(timeout: Duration) -> Result<Tally> {
         icount: false,
         timeout,
         link: None,
+        forwards: Vec::new(),
     };
     let mut sink = |l: &str| {
         println!("{l}");
@@ -323,6 +324,7 @@ pub fn pair_specs(
         mem_mib,
         icount,
         timeout,
+        forwards: Vec::new(),
         link: Some(Link {
             local_port: local,
             remote_port: remote,

@@ -11,6 +11,7 @@ mod cache;
 mod cpio;
 mod cross;
 mod debian;
+mod fuzz_api;
 mod kmod;
 mod layers;
 mod qemu;
@@ -106,6 +107,13 @@ enum Task {
         /// Time limit in seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+    },
+    /// Fuzz the API with schemathesis from docs/api/openapi.json against the real server in
+    /// an emulated host; fails on any 5xx, schema violation or crash.
+    FuzzApi {
+        /// Examples per operation.
+        #[arg(long, default_value_t = 200)]
+        examples: u32,
     },
     /// Build (or verify) the cached artifacts and print their paths.
     Artifacts,
@@ -204,6 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 icount: machine.icount,
                 timeout: Duration::from_secs(machine.timeout),
                 link: None,
+                forwards: Vec::new(),
             };
             let script: Vec<String> = command.iter().map(|w| sh::shell_quote(w)).collect();
             let mut sink = |l: &str| println!("{l}");
@@ -275,12 +284,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 icount: machine.icount,
                 timeout: Duration::from_secs(machine.timeout),
                 link: None,
+                forwards: Vec::new(),
             };
             let mut sink = |l: &str| println!("{l}");
             let out = qemu::run(&spec, &art, &payload, script, &mut sink)?;
             Ok(exit_code(out.status))
         }
         Task::Bench { runs, timeout } => bench::run(runs, Duration::from_secs(timeout)),
+        Task::FuzzApi { examples } => fuzz_api::run_fuzz(examples),
         Task::Artifacts => {
             let cache = cache::Cache::open()?;
             let a = artifacts::ensure(&cache)?;

@@ -60,6 +60,9 @@ pub struct HostSpec {
     pub icount: bool,
     pub timeout: Duration,
     pub link: Option<Link>,
+    /// TCP ports forwarded from 127.0.0.1 on this machine into the host, as (here, there).
+    /// The host then has the address 10.0.2.15 on eth0.
+    pub forwards: Vec<(u16, u16)>,
 }
 
 /// Files placed into the host for one run, besides the artifacts.
@@ -190,6 +193,19 @@ fn qemu_command(spec: &HostSpec, art: &Artifacts, initrd: &Path) -> Command {
                 ),
                 "-device",
                 &format!("virtio-net-pci,netdev=link,mac={},romfile=", l.mac),
+            ]);
+        }
+        None if !spec.forwards.is_empty() => {
+            let fwd: Vec<String> = spec
+                .forwards
+                .iter()
+                .map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+                .collect();
+            c.args([
+                "-netdev",
+                &format!("user,id=fwd,net=10.0.2.0/24,{}", fwd.join(",")),
+                "-device",
+                "virtio-net-pci,netdev=fwd,romfile=",
             ]);
         }
         None => {
@@ -401,6 +417,7 @@ mod tests {
             mem_mib: 2048,
             icount: true,
             timeout: Duration::from_secs(1),
+            forwards: Vec::new(),
             link: Some(Link {
                 local_port: 4000,
                 remote_port: 4001,

@@ -12,3 +12,6 @@ pub mod client;
 pub mod model;
 pub mod router;
 pub mod server;
+
+#[cfg(test)]
+mod openapi_tests;
