@@ -188,13 +188,13 @@ fn the_getting_started_sequence_with_curl() {
             assert_eq!(
                 curl(&s, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
                 204
-            )
+            );
         },
         &|| {
             assert_eq!(
                 curl(&s, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
                 204
-            )
+            );
         },
         &|| {
             get_json(&s, "/")["state"]
