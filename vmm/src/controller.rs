@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::api::model::{
-    ActionType, BootSource, HugePages, InstanceInfo, InstanceState, LoggerConfig, MachineConfig,
+    ActionType, BootSource, InstanceInfo, InstanceState, LoggerConfig, MachineConfig,
     MachineConfigPatch, MetricsConfig, VersionInfo, VmStateRequest,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
@@ -59,9 +59,6 @@ fn check_readable(what: &str, path: &str) -> Result<(), String> {
 fn validate_machine(m: &MachineConfig) -> Result<(), String> {
     if m.smt {
         return Err("smt is not available on Arm64".into());
-    }
-    if m.huge_pages != HugePages::None {
-        return Err("huge_pages 2M is not supported yet".into());
     }
     let mut c = VmConfig::new(PathBuf::new());
     c.vcpus = m.vcpu_count;
@@ -232,9 +229,6 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PutAction(a) => match a.action_type {
                 ActionType::InstanceStart => done(self.start()),
                 ActionType::FlushMetrics => done(self.flush_metrics()),
-                ActionType::SendCtrlAltDel => ApiResponse::bad_request(
-                    "SendCtrlAltDel is an x86 action; Arm64 guests have no keyboard controller",
-                ),
             },
             ApiRequest::PatchVm(p) => done(self.patch_vm(p.state)),
         }
@@ -514,7 +508,6 @@ mod tests {
             r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
             r#"{"vcpu_count": 1, "mem_size_mib": 0}"#,
             r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#,
-            r#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
         ] {
             assert_eq!(
                 call(&mut c, "PUT", "/machine-config", bad).status,

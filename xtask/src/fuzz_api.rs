@@ -104,7 +104,12 @@ pub fn run_fuzz(examples: u32) -> Result<ExitCode> {
     let url = format!("http://127.0.0.1:{api}");
     let spec_path = crate::workspace_root().join("docs/api/openapi.json");
     let started = Instant::now();
-    let status = Command::new(&st)
+    // coreutils' timeout bounds the whole run, whatever the server does.
+    let status = Command::new("timeout")
+        .arg("1800")
+        .arg(&st)
+        .arg("--config-file")
+        .arg(crate::workspace_root().join("docs/api/schemathesis.toml"))
         .arg("run")
         .arg(&spec_path)
         .args([

@@ -61,6 +61,9 @@ enum Task {
         /// Counter frequency in Hz (CNTFRQ), instead of the model's default.
         #[arg(long)]
         cntfrq: Option<u64>,
+        /// Forward 127.0.0.1:HERE on this machine to port THERE in the host (10.0.2.15).
+        #[arg(long, value_name = "HERE:THERE", value_parser = parse_forward)]
+        forward: Vec<(u16, u16)>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -145,6 +148,17 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected HERE:THERE, got '{s}'"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("'{p}' is not a port number"))
+    };
+    Ok((port(a)?, port(b)?))
+}
+
 fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
@@ -198,6 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             machine,
             cpu,
             cntfrq,
+            forward,
             command,
         } => {
             let cache = cache::Cache::open()?;
@@ -212,7 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 icount: machine.icount,
                 timeout: Duration::from_secs(machine.timeout),
                 link: None,
-                forwards: Vec::new(),
+                forwards: forward,
             };
             let script: Vec<String> = command.iter().map(|w| sh::shell_quote(w)).collect();
             let mut sink = |l: &str| println!("{l}");

@@ -137,6 +137,9 @@ fn build_initrd(
             "SELF_ADDR={}\nPEER_ADDR={}\n",
             l.self_addr, l.peer_addr
         ));
+    } else if !spec.forwards.is_empty() {
+        // QEMU's user network forwards to this address.
+        env.push_str("SELF_ADDR=10.0.2.15\n");
     }
     for (k, v) in &payload.env {
         env.push_str(&format!("{k}={}\n", crate::sh::shell_quote(v)));

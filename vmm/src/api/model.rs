@@ -17,15 +17,26 @@ pub struct BootSource {
     pub initrd_path: Option<String>,
 }
 
-/// Huge-page backing of guest memory.
+/// Huge-page backing of guest memory. Only `None` for now; Firecracker's `2M` is refused by
+/// name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String")]
 pub enum HugePages {
     /// Normal pages.
     #[default]
     None,
-    /// 2 MiB huge pages (not supported yet).
-    #[serde(rename = "2M")]
-    Huge2M,
+}
+
+impl TryFrom<String> for HugePages {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "None" => Ok(Self::None),
+            "2M" => Err("huge_pages 2M is not supported yet".into()),
+            other => Err(format!("unknown huge_pages value '{other}', expected None")),
+        }
+    }
 }
 
 /// `GET`/`PUT /machine-config`.
@@ -82,8 +93,6 @@ pub enum ActionType {
     InstanceStart,
     /// Write a metrics line now.
     FlushMetrics,
-    /// Send Ctrl+Alt+Del (x86 only in Firecracker).
-    SendCtrlAltDel,
 }
 
 /// `PUT /actions`.

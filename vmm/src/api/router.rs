@@ -91,6 +91,8 @@ pub struct ApiResponse {
     pub status: u16,
     /// JSON body.
     pub body: Option<Value>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiResponse {
@@ -99,6 +101,7 @@ impl ApiResponse {
         Self {
             status: 200,
             body: Some(body),
+            allow: None,
         }
     }
 
@@ -107,6 +110,7 @@ impl ApiResponse {
         Self {
             status: 204,
             body: None,
+            allow: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl ApiResponse {
         Self {
             status,
             body: Some(serde_json::json!({ "fault_message": message.into() })),
+            allow: None,
         }
     }
 
@@ -162,11 +167,15 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
                     "the {r} resource is not supported yet"
                 )));
             }
-            if ROUTES.iter().any(|(p, _)| *p == path) {
-                return Err(ApiResponse::fault(
-                    405,
-                    format!("{method} is not allowed on {path}"),
-                ));
+            let allowed: Vec<&str> = ROUTES
+                .iter()
+                .filter(|(p, _)| *p == path)
+                .map(|(_, m)| *m)
+                .collect();
+            if !allowed.is_empty() {
+                let mut r = ApiResponse::fault(405, format!("{method} is not allowed on {path}"));
+                r.allow = Some(allowed.join(", "));
+                return Err(r);
             }
             return Err(ApiResponse::fault(404, format!("no resource at {path}")));
         }
@@ -258,6 +267,18 @@ mod tests {
         assert!(m.contains("missing field `mem_size_mib`"), "{m}");
         let (_, m) = fault(parse("PUT", "/actions", br#"{"action_type": "Reboot"}"#));
         assert!(m.contains("unknown variant `Reboot`"), "{m}");
+        let (_, m) = fault(parse(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+        ));
+        assert!(m.contains("huge_pages 2M is not supported yet"), "{m}");
+        let (_, m) = fault(parse(
+            "PUT",
+            "/actions",
+            br#"{"action_type": "SendCtrlAltDel"}"#,
+        ));
+        assert!(m.contains("unknown variant `SendCtrlAltDel`"), "{m}");
         let (_, m) = fault(parse("PUT", "/actions", b""));
         assert!(m.contains("needs a JSON body"), "{m}");
     }
@@ -266,6 +287,13 @@ mod tests {
     fn paths_and_methods() {
         assert_eq!(fault(parse("GET", "/nope", b"")).0, 404);
         assert_eq!(fault(parse("DELETE", "/machine-config", b"")).0, 405);
+        assert_eq!(
+            parse("TRACE", "/machine-config", b"")
+                .unwrap_err()
+                .allow
+                .as_deref(),
+            Some("GET, PUT, PATCH")
+        );
         assert_eq!(fault(parse("POST", "/", b"")).0, 405);
         let (s, m) = fault(parse("PUT", "/drives/rootfs", b"{}"));
         assert_eq!(

@@ -126,6 +126,9 @@ pub fn bind(path: &Path) -> Result<StdListener, ServerError> {
 
 fn to_http(r: ApiResponse) -> Response<Full<Bytes>> {
     let mut b = Response::builder().status(r.status);
+    if let Some(allow) = &r.allow {
+        b = b.header("Allow", allow.as_str());
+    }
     let body = match r.body {
         Some(v) => {
             b = b.header("Content-Type", "application/json");
