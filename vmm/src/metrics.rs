@@ -173,9 +173,15 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    /// Opens a file (appended to, created if missing) or an existing FIFO.
+    /// Opens a file (appended to, created if missing) or an existing FIFO. A FIFO nobody
+    /// reads is an error (ENXIO) rather than a VMM thread blocked in open.
     pub fn open(path: &str) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
         Ok(Self {
             file,
             path: path.to_string(),
@@ -211,6 +217,17 @@ mod tests {
         assert_eq!(v["get_api_requests"]["instance_info_count"], 1);
         assert_eq!(v["vcpu"]["exit_mmio_write"], 3);
         assert!(v["utc_timestamp_ms"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_is_refused_at_once() {
+        let p = std::env::temp_dir().join(format!("vmm-metrics-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = MetricsSink::open(p.to_str().unwrap()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO));
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]

@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn vmm(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).output().expect("run vmm");
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("run vmm");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -17,22 +20,57 @@ fn help_names_every_subcommand_and_process_flag() {
     let (code, out, _) = vmm(&["--help"]);
     assert_eq!(code, Some(0));
     for word in [
-        "run", "info", "config", "boot-source", "machine-config", "start", "pause", "resume", "--api-sock", "--id",
-        "--config-file", "--no-api", "--log-path", "--level", "--metrics-path", "--boot-timer", "--version",
+        "run",
+        "info",
+        "config",
+        "boot-source",
+        "machine-config",
+        "start",
+        "pause",
+        "resume",
+        "--api-sock",
+        "--id",
+        "--config-file",
+        "--no-api",
+        "--log-path",
+        "--level",
+        "--metrics-path",
+        "--boot-timer",
+        "--version",
         "Exit status",
     ] {
         assert!(out.contains(word), "vmm --help lacks {word}");
     }
-    for sub in ["run", "info", "config", "boot-source", "machine-config", "start", "pause", "resume"] {
+    for sub in [
+        "run",
+        "info",
+        "config",
+        "boot-source",
+        "machine-config",
+        "start",
+        "pause",
+        "resume",
+    ] {
         let (code, out, _) = vmm(&[sub, "--help"]);
         assert_eq!(code, Some(0), "vmm {sub} --help");
         assert!(out.contains("Usage: vmm"), "{sub}: {out}");
         if sub != "run" {
-            assert!(out.contains("--api-sock"), "vmm {sub} --help lacks --api-sock");
+            assert!(
+                out.contains("--api-sock"),
+                "vmm {sub} --help lacks --api-sock"
+            );
         }
     }
     let (_, out, _) = vmm(&["run", "--help"]);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--vcpus", "--memory", "--console", "--on-reset"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--vcpus",
+        "--memory",
+        "--console",
+        "--on-reset",
+    ] {
         assert!(out.contains(flag), "vmm run --help lacks {flag}");
     }
 }
@@ -61,7 +99,10 @@ fn nothing_to_do_is_explained() {
 fn clients_report_an_unreachable_socket() {
     let (code, _, err) = vmm(&["pause", "--api-sock", "/nonexistent/vmm.sock"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("cannot connect to the API socket /nonexistent/vmm.sock"), "{err}");
+    assert!(
+        err.contains("cannot connect to the API socket /nonexistent/vmm.sock"),
+        "{err}"
+    );
     let (code, _, err) = vmm(&["machine-config", "--api-sock", "/x.sock", "--vcpus", "two"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid value 'two'"), "{err}");
@@ -74,5 +115,8 @@ fn bad_process_flags_are_refused() {
     assert!(err.contains("log level must be one of"), "{err}");
     let (code, _, err) = vmm(&["--config-file", "/nonexistent.json", "--no-api"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("cannot read config file /nonexistent.json"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent.json"),
+        "{err}"
+    );
 }
