@@ -1,0 +1,244 @@
+//! The block device: requests against a raw image file.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::request::{self, RequestError, RequestType, Status};
+use crate::virtio::{
+    VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
+};
+
+const SECTOR: u64 = 512;
+const QUEUE_SIZES: [u16; 1] = [256];
+/// Largest request served (the guest's own limit is far lower).
+const MAX_REQUEST: u64 = 64 << 20;
+/// Chunk size for moving data between the file and guest memory.
+const CHUNK: usize = 1 << 20;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Length of the ID a GET_ID request returns.
+const ID_BYTES: usize = 20;
+
+/// Firecracker's cache types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheType {
+    /// No flush is offered; the host's page cache decides when data reaches the disk.
+    #[default]
+    Unsafe,
+    /// Flush is offered and performed with fsync.
+    Writeback,
+}
+
+/// How to build a block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The drive's id, also its serial (GET_ID).
+    pub id: String,
+    /// The backing image.
+    pub path: PathBuf,
+    /// Refuse writes.
+    pub read_only: bool,
+    /// Cache type.
+    pub cache: CacheType,
+}
+
+/// A virtio block device.
+#[derive(Debug)]
+pub struct Block {
+    cfg: BlockConfig,
+    file: File,
+    capacity: u64,
+    config: [u8; 24],
+}
+
+fn open(path: &Path, read_only: bool) -> std::io::Result<(File, u64)> {
+    let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok((file, meta.len() / SECTOR))
+}
+
+impl Block {
+    /// Opens the backing file.
+    pub fn new(cfg: BlockConfig) -> std::io::Result<Self> {
+        let (file, capacity) = open(&cfg.path, cfg.read_only)?;
+        let mut b = Self {
+            cfg,
+            file,
+            capacity,
+            config: [0; 24],
+        };
+        b.update_config();
+        Ok(b)
+    }
+
+    fn update_config(&mut self) {
+        self.config[..8].copy_from_slice(&self.capacity.to_le_bytes());
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Swaps the backing file (Firecracker's PATCH /drives path_on_host). The transport then
+    /// tells the guest the capacity may have changed.
+    pub fn swap_backing(&mut self, path: &Path) -> std::io::Result<()> {
+        let (file, capacity) = open(path, self.cfg.read_only)?;
+        self.file = file;
+        self.capacity = capacity;
+        self.cfg.path = path.to_path_buf();
+        self.update_config();
+        Ok(())
+    }
+
+    fn check_range(&self, sector: u64, len: u64) -> bool {
+        sector
+            .checked_mul(SECTOR)
+            .and_then(|start| start.checked_add(len))
+            .is_some_and(|end| end <= self.capacity * SECTOR)
+    }
+
+    /// Serves one parsed request; returns its status and the bytes written to the guest.
+    fn execute(&mut self, req: &request::Request, mem: &GuestMemoryMmap) -> (Status, u32) {
+        let total: u64 = req.data.iter().map(|d| u64::from(d.len)).sum();
+        match req.kind {
+            RequestType::In => {
+                if req.data.iter().any(|d| !d.write) || !self.check_range(req.sector, total) {
+                    return (Status::IoErr, 0);
+                }
+                let mut pos = req.sector * SECTOR;
+                let mut written = 0u32;
+                for d in &req.data {
+                    let mut done = 0usize;
+                    while done < d.len as usize {
+                        let n = CHUNK.min(d.len as usize - done);
+                        let mut buf = vec![0u8; n];
+                        let Some(at) = d.addr.0.checked_add(done as u64).map(GuestAddress) else {
+                            return (Status::IoErr, written);
+                        };
+                        if self.file.read_exact_at(&mut buf, pos).is_err()
+                            || mem.write_slice(&buf, at).is_err()
+                        {
+                            return (Status::IoErr, written);
+                        }
+                        done += n;
+                        pos += n as u64;
+                        written += n as u32;
+                    }
+                }
+                (Status::Ok, written)
+            }
+            RequestType::Out => {
+                if self.cfg.read_only
+                    || req.data.iter().any(|d| d.write)
+                    || !self.check_range(req.sector, total)
+                {
+                    return (Status::IoErr, 0);
+                }
+                let mut pos = req.sector * SECTOR;
+                for d in &req.data {
+                    let mut done = 0usize;
+                    while done < d.len as usize {
+                        let n = CHUNK.min(d.len as usize - done);
+                        let mut buf = vec![0u8; n];
+                        let Some(at) = d.addr.0.checked_add(done as u64).map(GuestAddress) else {
+                            return (Status::IoErr, 0);
+                        };
+                        if mem.read_slice(&mut buf, at).is_err()
+                            || self.file.write_all_at(&buf, pos).is_err()
+                        {
+                            return (Status::IoErr, 0);
+                        }
+                        done += n;
+                        pos += n as u64;
+                    }
+                }
+                (Status::Ok, 0)
+            }
+            RequestType::Flush => {
+                if self.cfg.cache == CacheType::Writeback && self.file.sync_all().is_err() {
+                    return (Status::IoErr, 0);
+                }
+                (Status::Ok, 0)
+            }
+            RequestType::GetId => {
+                let Some(d) = req.data.first().filter(|d| d.write) else {
+                    return (Status::IoErr, 0);
+                };
+                let mut id = [0u8; ID_BYTES];
+                let bytes = self.cfg.id.as_bytes();
+                let n = bytes.len().min(ID_BYTES);
+                id[..n].copy_from_slice(&bytes[..n]);
+                let n = (d.len as usize).min(ID_BYTES);
+                if mem.write_slice(&id[..n], d.addr).is_err() {
+                    return (Status::IoErr, 0);
+                }
+                (Status::Ok, n as u32)
+            }
+            RequestType::Unsupported(_) => (Status::Unsupported, 0),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1;
+        if self.cfg.read_only {
+            f |= VIRTIO_BLK_F_RO;
+        }
+        if self.cfg.cache == CacheType::Writeback {
+            f |= VIRTIO_BLK_F_FLUSH;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = match descriptors(chain, MAX_REQUEST) {
+                Err(_) => 0,
+                Ok(descs) => match request::parse(&descs, mem) {
+                    Ok(req) => {
+                        let (status, written) = self.execute(&req, mem);
+                        if mem.write_obj(status as u8, req.status.addr).is_ok() {
+                            written + 1
+                        } else {
+                            written
+                        }
+                    }
+                    Err(RequestError::BadHeader { status }) => {
+                        let _ = mem.write_obj(Status::IoErr as u8, status.addr);
+                        1
+                    }
+                    Err(RequestError::NoStatus) => 0,
+                },
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                log::warn!("virtio-blk: {e:?}");
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}

@@ -1,0 +1,403 @@
+//! The virtio-mmio transport (version 2). Registers are served on the MMIO bus (vCPU threads);
+//! queue notifications arrive as ioeventfds and are handled by an event-manager subscriber on
+//! the device thread; used-buffer interrupts go out through an irqfd.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::bus::MmioDevice;
+use crate::irq::IrqLine;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x0056_4d4d; // "MMV"
+
+/// Register offsets.
+mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_AVAIL_LOW: u64 = 0x090;
+    pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
+    pub const QUEUE_USED_LOW: u64 = 0x0a0;
+    pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Offset of the QueueNotify register, where ioeventfds are registered.
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
+
+/// Device status bits.
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Interrupt status bits.
+const INT_VRING: u32 = 1;
+const INT_CONFIG: u32 = 2;
+
+/// The transport and its device.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    /// Queues the driver gave a size that is zero, too large or not a power of two.
+    bad_size: Vec<bool>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    status: u32,
+    interrupt_status: Arc<AtomicU32>,
+    irq: IrqLine,
+    config_generation: u32,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .field("acked_features", &self.acked_features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MmioTransport {
+    /// A transport for `device`, with its interrupt line.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: IrqLine,
+    ) -> std::io::Result<Self> {
+        let sizes = device.queue_max_sizes().to_vec();
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for max in sizes {
+            queues
+                .push(Queue::new(max).map_err(|e| std::io::Error::other(format!("queue: {e:?}")))?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        let bad_size = vec![false; queues.len()];
+        Ok(Self {
+            device,
+            mem,
+            queues,
+            queue_evts,
+            bad_size,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            status: 0,
+            interrupt_status: Arc::new(AtomicU32::new(0)),
+            irq,
+            config_generation: 0,
+        })
+    }
+
+    /// The notification EventFd of each queue, to register as ioeventfds.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The interrupt line, to register as an irqfd.
+    pub fn irq(&self) -> &IrqLine {
+        &self.irq
+    }
+
+    /// Whether the driver has finished setting the device up.
+    pub fn is_activated(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// The device status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The device, to change its backend (for example a drive's file).
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    /// Tells the driver the config space changed.
+    pub fn notify_config_change(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.raise(INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.interrupt_status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.irq.trigger() {
+            log::warn!("virtio interrupt: {e}");
+        }
+    }
+
+    fn selected(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.bad_size.iter_mut().for_each(|b| *b = false);
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.acked_features = 0;
+        self.status = 0;
+        self.interrupt_status.store(0, Ordering::SeqCst);
+        self.device.reset();
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let mut value = value;
+        // FEATURES_OK only sticks when the negotiated features are acceptable.
+        if value & status::FEATURES_OK != 0
+            && self.status & status::FEATURES_OK == 0
+            && self.acked_features & VIRTIO_F_VERSION_1 == 0
+        {
+            value &= !status::FEATURES_OK;
+        }
+        let becoming_ok = value & status::DRIVER_OK != 0 && self.status & status::DRIVER_OK == 0;
+        self.status = value;
+        if becoming_ok {
+            let negotiated = self.status & status::FEATURES_OK != 0;
+            let queues_ok = self
+                .queues
+                .iter()
+                .zip(&self.bad_size)
+                .all(|(q, bad)| !q.ready() || (!bad && q.is_valid(&self.mem)));
+            if !negotiated || !queues_ok {
+                log::warn!(
+                    "virtio device {} refused DRIVER_OK: {}",
+                    self.device.device_type(),
+                    if negotiated {
+                        "a ready queue is invalid"
+                    } else {
+                        "features were not negotiated"
+                    }
+                );
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.raise(INT_CONFIG);
+            }
+        }
+    }
+
+    /// Serves queue `index` after a notification; notifications before DRIVER_OK are ignored.
+    pub fn process(&mut self, index: usize) {
+        if !self.is_activated() {
+            return;
+        }
+        let Some(q) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !q.ready() {
+            return;
+        }
+        if self.device.process_queue(index, q, &self.mem) {
+            self.raise(INT_VRING);
+        }
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR,
+            reg::DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.avail_features() as u32,
+                1 => (self.device.avail_features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => self.selected().map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self.selected().map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        let setup_allowed = self.status & status::DRIVER_OK == 0;
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            reg::DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
+                let shift = match self.driver_features_sel {
+                    0 => 0,
+                    1 => 32,
+                    _ => return,
+                };
+                let mask = 0xffff_ffffu64 << shift;
+                let offered = self.device.avail_features();
+                self.acked_features =
+                    (self.acked_features & !mask) | ((u64::from(v) << shift) & mask & offered);
+            }
+            reg::QUEUE_SEL => self.queue_sel = v,
+            reg::QUEUE_NUM if setup_allowed => {
+                let sel = self.queue_sel as usize;
+                if let Some(q) = self.queues.get_mut(sel) {
+                    // virtio-queue keeps the old size on a bad one; remember it was bad.
+                    let ok = v != 0 && v <= u32::from(q.max_size()) && v.is_power_of_two();
+                    if ok {
+                        q.set_size(v as u16);
+                    }
+                    self.bad_size[sel] = !ok;
+                }
+            }
+            reg::QUEUE_READY if setup_allowed => {
+                if let Some(q) = self.selected() {
+                    q.set_ready(v == 1);
+                }
+            }
+            reg::QUEUE_NOTIFY => {
+                // KVM normally completes this write through the ioeventfd; this covers a missed one.
+                if let Some(e) = self.queue_evts.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            reg::INTERRUPT_ACK => {
+                self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
+            }
+            reg::STATUS => self.set_status(v),
+            reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_AVAIL_LOW
+            | reg::QUEUE_AVAIL_HIGH
+            | reg::QUEUE_USED_LOW
+            | reg::QUEUE_USED_HIGH
+                if setup_allowed =>
+            {
+                let Some(q) = self.selected() else { return };
+                if q.ready() {
+                    return;
+                }
+                match offset {
+                    reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
+                    reg::QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
+                    reg::QUEUE_AVAIL_LOW => q.set_avail_ring_address(Some(v), None),
+                    reg::QUEUE_AVAIL_HIGH => q.set_avail_ring_address(None, Some(v)),
+                    reg::QUEUE_USED_LOW => q.set_used_ring_address(Some(v), None),
+                    _ => q.set_used_ring_address(None, Some(v)),
+                }
+            }
+            _ => log::debug!("virtio-mmio: ignored write of {v:#x} at {offset:#x}"),
+        }
+    }
+}
+
+impl MmioDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        data.fill(0);
+        if data.len() == 4 {
+            data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            self.device.write_config(offset - reg::CONFIG, data);
+            return;
+        }
+        if let Ok(word) = <[u8; 4]>::try_from(data) {
+            self.write_reg(offset, u32::from_le_bytes(word));
+        }
+    }
+}
+
+/// The device thread's view of a transport: its queue EventFds, as an event-manager subscriber.
+#[derive(Debug)]
+pub struct QueueEvents {
+    transport: Arc<Mutex<MmioTransport>>,
+    evts: Vec<EventFd>,
+}
+
+impl QueueEvents {
+    /// Watches every queue of a transport.
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> std::io::Result<Self> {
+        let evts = {
+            let t = transport
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            t.queue_evts()
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?
+        };
+        Ok(Self { transport, evts })
+    }
+}
+
+impl MutEventSubscriber for QueueEvents {
+    fn process(&mut self, events: Events, _ops: &mut EventOps<'_>) {
+        let index = events.data() as usize;
+        if let Some(e) = self.evts.get(index) {
+            let _ = e.read();
+        }
+        self.transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .process(index);
+    }
+
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        for (i, e) in self.evts.iter().enumerate() {
+            if let Err(err) = ops.add(Events::with_data(e, i as u32, EventSet::IN)) {
+                log::error!("virtio: cannot watch queue {i}: {err:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! virtio devices on the virtio-mmio transport (virtio 1.x, register layout version 2).
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+
+#[cfg(test)]
+mod tests;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// `VIRTIO_F_VERSION_1`: every device offers it and the driver must accept it.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device type IDs (virtio 1.x section 5).
+pub mod device_type {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+}
+
+/// A virtio device behind the transport. The transport owns the queues and the feature and
+/// status handshake; the device owns its config space and the meaning of its requests.
+pub trait VirtioDevice: Send {
+    /// Its virtio device type.
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features the device offers.
+    fn avail_features(&self) -> u64;
+    /// Reads from the device's config space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to the device's config space (most devices ignore it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Serves the available requests of queue `index`; returns whether any was completed.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Forgets per-driver state after a reset.
+    fn reset(&mut self) {}
+}
+
+/// One descriptor of a request, already read from the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// Guest-physical address.
+    pub addr: vm_memory::GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// Whether the device writes it (else reads it).
+    pub write: bool,
+}
+
+/// Why a request's descriptor chain is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// The chain is empty.
+    #[error("empty descriptor chain")]
+    Empty,
+    /// Its buffers add up to more than the device accepts.
+    #[error("descriptor chain of more than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// Reads a chain's descriptors (virtio-queue bounds its length, so loops end), refusing
+/// chains whose buffers add up to more than `max_total` bytes.
+pub fn descriptors<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    max_total: u64,
+) -> Result<Vec<Desc>, ChainError>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for d in chain {
+        total += u64::from(d.len());
+        if total > max_total {
+            return Err(ChainError::TooLarge(max_total));
+        }
+        out.push(Desc {
+            addr: d.addr(),
+            len: d.len(),
+            write: d.is_write_only(),
+        });
+    }
+    if out.is_empty() {
+        return Err(ChainError::Empty);
+    }
+    Ok(out)
+}
+
+/// Reads `data.len()` bytes of `config` at `offset`; bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Ok(off) = usize::try_from(offset) {
+        if off < config.len() {
+            let n = data.len().min(config.len() - off);
+            data[..n].copy_from_slice(&config[off..off + n]);
+        }
+    }
+}
