@@ -19,6 +19,10 @@ use arch::image::{self, ImageError};
 use arch::kvm::{GicError, GicV3, VcpuInitError, vcpu as kvm_vcpu};
 use arch::layout::{BOOT_TIMER_BASE, DRAM_BASE, LEGACY_DEV_SIZE, RTC_BASE, SERIAL_BASE};
 use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
+use devices::virtio::block::{Block, BlockConfig, CacheType as BlockCache};
+use devices::virtio::rng::Rng;
+
+use crate::api::model::CacheType;
 use devices::{IrqLine, MmioBus};
 
 use crate::config::{ConfigError, VmConfig};
@@ -117,6 +121,8 @@ pub struct BuiltVm {
     pub serial: Serial,
     /// Where things were placed.
     pub plan: image::BootPlan,
+    /// virtio devices, by id.
+    pub virtio: Vec<crate::device_manager::NamedTransport>,
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
@@ -279,6 +285,36 @@ pub fn build(
         .map_err(|e| BuildError::Device(e.to_string()))?;
     }
 
+    let mut virtio = crate::device_manager::VirtioDevices::default();
+    // The root drive takes the first slot so that it is /dev/vda.
+    let mut drives: Vec<_> = cfg.drives.iter().filter(|d| d.is_root_device).collect();
+    drives.extend(cfg.drives.iter().filter(|d| !d.is_root_device));
+    for d in drives {
+        let block = Block::new(BlockConfig {
+            id: d.drive_id.clone(),
+            path: d.path_on_host.clone().into(),
+            read_only: d.is_read_only,
+            cache: match d.cache_type {
+                CacheType::Unsafe => BlockCache::Unsafe,
+                CacheType::Writeback => BlockCache::Writeback,
+            },
+        })
+        .map_err(|e| {
+            BuildError::Device(format!(
+                "drive {}: cannot open {}: {e}",
+                d.drive_id, d.path_on_host
+            ))
+        })?;
+        virtio
+            .attach(&d.drive_id, Box::new(block), &vm, &mem, &mut bus)
+            .map_err(BuildError::Device)?;
+    }
+    if cfg.entropy.is_some() {
+        virtio
+            .attach("entropy", Box::new(Rng::new()), &vm, &mem, &mut bus)
+            .map_err(BuildError::Device)?;
+    }
+
     let fdt = create_fdt(&FdtConfig {
         mpidrs,
         mem_base: DRAM_BASE,
@@ -287,7 +323,7 @@ pub fn build(
         initrd: plan.initrd,
         serial: Some(standard_serial()),
         rtc: Some(standard_rtc()),
-        virtio: Vec::new(),
+        virtio: virtio.fdt,
         rng_seed: rng_seed(),
     })?;
     mem.write_slice(&fdt, GuestAddress(plan.fdt))
@@ -305,5 +341,6 @@ pub fn build(
         bus: Arc::new(bus),
         serial,
         plan,
+        virtio: virtio.transports,
     })
 }

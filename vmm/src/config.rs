@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::api::model::{Drive, Entropy};
 use crate::console::ConsoleConfig;
 
 /// The kernel command line used when none is given.
@@ -61,6 +62,50 @@ pub struct VmConfig {
     pub on_reset: ResetPolicy,
     /// Whether the boot-timer device reports the guest's boot time.
     pub boot_timer: bool,
+    /// Block devices, in attachment order.
+    pub drives: Vec<Drive>,
+    /// The entropy device, if any.
+    pub entropy: Option<Entropy>,
+}
+
+/// virtio-mmio slots, shared by every virtio device.
+pub const MAX_VIRTIO_DEVICES: usize = arch::layout::VIRTIO_MMIO_SLOTS as usize;
+
+/// Checks a set of drives together: each one, unique ids, one root at most, and the slots.
+pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
+    for (i, d) in drives.iter().enumerate() {
+        d.validate()?;
+        if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
+            return Err(format!("drive_id '{}' is used twice", d.drive_id));
+        }
+    }
+    if drives.iter().filter(|d| d.is_root_device).count() > 1 {
+        return Err("only one drive can be the root device".into());
+    }
+    let devices = drives.len() + usize::from(entropy);
+    if devices > MAX_VIRTIO_DEVICES {
+        return Err(format!(
+            "{devices} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit in the MMIO slots"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a drive's image can be opened as the drive would open it.
+pub fn check_drive_file(d: &Drive) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!d.is_read_only)
+        .open(&d.path_on_host)
+        .and_then(|f| f.metadata())
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+        .map_err(|e| format!("drive {}: cannot open {}: {e}", d.drive_id, d.path_on_host))
 }
 
 impl VmConfig {
@@ -75,6 +120,8 @@ impl VmConfig {
             console: ConsoleConfig::Stdio,
             on_reset: ResetPolicy::Exit,
             boot_timer: false,
+            drives: Vec::new(),
+            entropy: None,
         }
     }
 
@@ -119,6 +166,12 @@ impl VmConfig {
                 arch::layout::SERIAL_BASE
             ));
         }
+        if let Some(root) = self.drives.iter().find(|d| d.is_root_device) {
+            if !has("root") {
+                let mode = if root.is_read_only { "ro" } else { "rw" };
+                c.push_str(&format!(" root=/dev/vda {mode}"));
+            }
+        }
         if self.boot_timer && !has("vmm.boot_timer") {
             c.push_str(&format!(
                 " vmm.boot_timer={:#x}",
@@ -132,10 +185,8 @@ impl VmConfig {
     pub fn from_firecracker_json(text: &str) -> Result<Self, ConfigError> {
         let fc: FcConfig = serde_json::from_str(text)?;
         for (name, value) in [
-            ("drives", &fc.drives),
             ("network-interfaces", &fc.network_interfaces),
             ("vsock", &fc.vsock),
-            ("entropy", &fc.entropy),
             ("balloon", &fc.balloon),
             ("logger", &fc.logger),
             ("metrics", &fc.metrics),
@@ -152,6 +203,12 @@ impl VmConfig {
             }
         }
         let mut cfg = Self::new(fc.boot_source.kernel_image_path);
+        cfg.drives = fc.drives.unwrap_or_default();
+        cfg.entropy = fc.entropy;
+        if let Some(e) = &cfg.entropy {
+            e.validate().map_err(ConfigError::Invalid)?;
+        }
+        validate_drives(&cfg.drives, cfg.entropy.is_some()).map_err(ConfigError::Invalid)?;
         cfg.initrd = fc.boot_source.initrd_path;
         if let Some(args) = fc.boot_source.boot_args {
             cfg.cmdline = args;
@@ -187,11 +244,11 @@ struct FcConfig {
     boot_source: FcBootSource,
     #[serde(rename = "machine-config")]
     machine_config: Option<FcMachineConfig>,
-    drives: Option<serde_json::Value>,
+    drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
     network_interfaces: Option<serde_json::Value>,
     vsock: Option<serde_json::Value>,
-    entropy: Option<serde_json::Value>,
+    entropy: Option<Entropy>,
     balloon: Option<serde_json::Value>,
     logger: Option<serde_json::Value>,
     metrics: Option<serde_json::Value>,
@@ -271,17 +328,58 @@ mod tests {
     #[test]
     fn unsupported_sections_are_named() {
         let e = VmConfig::from_firecracker_json(
-            r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#,
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(e, "config file section 'drives' is not supported yet");
+        assert_eq!(
+            e,
+            "config file section 'network-interfaces' is not supported yet"
+        );
         let e = VmConfig::from_firecracker_json(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("'vsock'"), "{e}");
+    }
+
+    #[test]
+    fn drives_and_entropy_are_read_and_checked() {
+        let c = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "drives": [{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false},
+                           {"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false, "cache_type": "Writeback"}],
+                "entropy": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.drives.len(), 2);
+        assert!(c.entropy.is_some());
+        assert!(c.guest_cmdline().contains("root=/dev/vda rw"));
+        let bad = |drives: &str| {
+            VmConfig::from_firecracker_json(&format!(
+                r#"{{"boot-source": {{"kernel_image_path": "/k"}}, "drives": {drives}}}"#
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let d = |id: &str, root: bool| {
+            format!(r#"{{"drive_id": "{id}", "path_on_host": "/x", "is_root_device": {root}}}"#)
+        };
+        assert!(bad(&format!("[{}, {}]", d("a", false), d("a", false))).contains("used twice"));
+        assert!(
+            bad(&format!("[{}, {}]", d("a", true), d("b", true)))
+                .contains("only one drive can be the root")
+        );
+        assert!(bad(&format!("[{}]", d("a b", false))).contains("invalid drive_id"));
+        let many: Vec<String> = (0..33).map(|i| d(&format!("d{i}"), false)).collect();
+        assert!(bad(&format!("[{}]", many.join(","))).contains("at most 32"));
+        assert!(bad(r#"[{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}]"#)
+            .contains("rate_limiter is not supported yet"));
+        assert!(
+            bad(r#"[{"drive_id": "a", "path_on_host": "/x"}]"#)
+                .contains("missing field `is_root_device`")
+        );
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::api::model::{
-    ActionType, BootSource, InstanceInfo, InstanceState, LoggerConfig, MachineConfig,
-    MachineConfigPatch, MetricsConfig, VersionInfo, VmStateRequest,
+    ActionType, BootSource, Drive, DrivePatch, Entropy, InstanceInfo, InstanceState, LoggerConfig,
+    MachineConfig, MachineConfigPatch, MetricsConfig, VersionInfo, VmStateRequest,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, VmConfig, check_drive_file, validate_drives};
 use crate::metrics::{METRICS, MetricsSink};
 
 /// Starts, pauses and resumes VMs.
@@ -24,6 +24,8 @@ pub trait Backend {
     fn pause(&mut self, vm: &Self::Vm);
     /// Lets them run again.
     fn resume(&mut self, vm: &Self::Vm);
+    /// Points a running guest's drive at another image.
+    fn update_drive(&mut self, vm: &Self::Vm, drive_id: &str, path: &str) -> Result<(), String>;
 }
 
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -169,11 +171,11 @@ impl<B: Backend> Controller<B> {
             "machine-config": self.machine,
             "logger": self.logger,
             "metrics": self.metrics.as_ref().map(|m| json!({"metrics_path": m.path()})),
-            "drives": [],
+            "drives": self.base.drives,
             "network-interfaces": [],
             "vsock": null,
             "balloon": null,
-            "entropy": null,
+            "entropy": self.base.entropy,
             "mmds-config": null,
             "cpu-config": null,
         })
@@ -213,6 +215,8 @@ impl<B: Backend> Controller<B> {
                         | ApiRequest::PatchMachineConfig(_)
                         | ApiRequest::PutLogger(_)
                         | ApiRequest::PutMetrics(_)
+                        | ApiRequest::PutDrive(..)
+                        | ApiRequest::PutEntropy(_)
                 ) =>
             {
                 ApiResponse::bad_request(AFTER_START)
@@ -231,7 +235,66 @@ impl<B: Backend> Controller<B> {
                 ActionType::FlushMetrics => done(self.flush_metrics()),
             },
             ApiRequest::PatchVm(p) => done(self.patch_vm(p.state)),
+            ApiRequest::PutDrive(id, d) => done(self.put_drive(&id, d)),
+            ApiRequest::PatchDrive(id, p) => done(self.patch_drive(&id, p)),
+            ApiRequest::PutEntropy(e) => done(self.put_entropy(e)),
         }
+    }
+
+    fn put_drive(&mut self, id: &str, d: Drive) -> Result<(), String> {
+        if d.drive_id != id {
+            return Err(format!(
+                "drive_id '{}' in the body differs from '{id}' in the path",
+                d.drive_id
+            ));
+        }
+        d.validate()?;
+        check_drive_file(&d)?;
+        let mut drives = self.base.drives.clone();
+        match drives.iter_mut().find(|o| o.drive_id == id) {
+            Some(o) => *o = d,
+            None => drives.push(d),
+        }
+        validate_drives(&drives, self.base.entropy.is_some())?;
+        self.base.drives = drives;
+        Ok(())
+    }
+
+    fn patch_drive(&mut self, id: &str, p: DrivePatch) -> Result<(), String> {
+        let Some(vm) = self.vm.as_ref() else {
+            return Err(BEFORE_START.into());
+        };
+        if p.drive_id != id {
+            return Err(format!(
+                "drive_id '{}' in the body differs from '{id}' in the path",
+                p.drive_id
+            ));
+        }
+        if p.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err("a drive rate_limiter is not supported yet".into());
+        }
+        let path = p
+            .path_on_host
+            .ok_or("the patch changes nothing: give path_on_host")?;
+        let index = self
+            .base
+            .drives
+            .iter()
+            .position(|d| d.drive_id == id)
+            .ok_or(format!("no drive '{id}'"))?;
+        let mut updated = self.base.drives[index].clone();
+        updated.path_on_host = path;
+        check_drive_file(&updated)?;
+        self.backend.update_drive(vm, id, &updated.path_on_host)?;
+        self.base.drives[index] = updated;
+        Ok(())
+    }
+
+    fn put_entropy(&mut self, e: Entropy) -> Result<(), String> {
+        e.validate()?;
+        validate_drives(&self.base.drives, true)?;
+        self.base.entropy = Some(e);
+        Ok(())
     }
 
     fn put_boot_source(&mut self, bs: BootSource) -> Result<(), String> {
@@ -345,6 +408,10 @@ mod tests {
         }
         fn resume(&mut self, _: &()) {
             self.log.push("resume");
+        }
+        fn update_drive(&mut self, _: &(), _: &str, _: &str) -> Result<(), String> {
+            self.log.push("update_drive");
+            Ok(())
         }
     }
 
@@ -609,6 +676,104 @@ mod tests {
             .status,
             400
         );
+    }
+
+    fn temp_image(tag: &str) -> String {
+        let p = std::env::temp_dir().join(format!("vmm-ctl-{tag}-{}", std::process::id()));
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn drives_follow_the_rules() {
+        let mut c = ctl();
+        let img = temp_image("drive");
+        let put = |c: &mut Controller<Fake>, id: &str, body: String| {
+            call(c, "PUT", &format!("/drives/{id}"), &body)
+        };
+        let d = |id: &str, root: bool, path: &str| {
+            format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "{path}", "is_root_device": {root}, "is_read_only": false}}"#
+            )
+        };
+        assert_eq!(put(&mut c, "rootfs", d("rootfs", true, &img)).status, 204);
+        let r = put(&mut c, "other", d("rootfs", false, &img));
+        assert!(
+            r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("differs")
+        );
+        let r = put(&mut c, "second", d("second", true, &img));
+        assert!(
+            r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("only one drive can be the root")
+        );
+        let r = put(&mut c, "missing", d("missing", false, "/nonexistent.img"));
+        assert!(
+            r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot open /nonexistent.img")
+        );
+        assert_eq!(
+            put(&mut c, "rootfs", d("rootfs", true, &img)).status,
+            204,
+            "replacing the same id is fine"
+        );
+        let cfg = call(&mut c, "GET", "/vm/config", "").body.unwrap();
+        assert_eq!(
+            cfg["drives"].as_array().unwrap().len(),
+            1,
+            "failed PUTs changed nothing"
+        );
+        let patch = format!(r#"{{"drive_id": "rootfs", "path_on_host": "{img}"}}"#);
+        assert_eq!(
+            call(&mut c, "PATCH", "/drives/rootfs", &patch).status,
+            400,
+            "PATCH needs a running guest"
+        );
+        assert_eq!(call(&mut c, "PUT", "/entropy", "{}").status, 204);
+        call(
+            &mut c,
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel()),
+        );
+        assert_eq!(
+            call(
+                &mut c,
+                "PUT",
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#
+            )
+            .status,
+            204
+        );
+        let started = &c.backend.starts[0];
+        assert_eq!((started.drives.len(), started.entropy.is_some()), (1, true));
+        assert_eq!(
+            put(&mut c, "late", d("late", false, &img)).status,
+            400,
+            "no hotplug"
+        );
+        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", &patch).status, 204);
+        assert_eq!(c.backend.log, vec!["update_drive"]);
+        let r = call(
+            &mut c,
+            "PATCH",
+            "/drives/nope",
+            r#"{"drive_id": "nope", "path_on_host": "/x"}"#,
+        );
+        assert!(
+            r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("no drive 'nope'")
+        );
+        std::fs::remove_file(img).unwrap();
     }
 
     #[test]

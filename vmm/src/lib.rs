@@ -13,6 +13,8 @@ pub mod metrics;
 #[cfg(target_arch = "aarch64")]
 pub mod builder;
 #[cfg(target_arch = "aarch64")]
+pub mod device_manager;
+#[cfg(target_arch = "aarch64")]
 pub mod runner;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;

@@ -60,11 +60,12 @@ group!(
     PutApiMetrics {
         actions_count, actions_fails, boot_source_count, boot_source_fails, logger_count, logger_fails,
         machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
+        drive_count, drive_fails, entropy_count, entropy_fails,
     }
 );
 group!(
     /// `patch_api_requests`.
-    PatchApiMetrics { machine_cfg_count, machine_cfg_fails, vm_count, vm_fails }
+    PatchApiMetrics { machine_cfg_count, machine_cfg_fails, vm_count, vm_fails, drive_count, drive_fails }
 );
 group!(
     /// `vcpu`.
@@ -138,6 +139,12 @@ impl Metrics {
                 }
                 ("patch_api_requests", "vm_count") => Some(&self.patch_api_requests.vm_count),
                 ("patch_api_requests", "vm_fails") => Some(&self.patch_api_requests.vm_fails),
+                ("put_api_requests", "drive_count") => Some(&self.put_api_requests.drive_count),
+                ("put_api_requests", "drive_fails") => Some(&self.put_api_requests.drive_fails),
+                ("put_api_requests", "entropy_count") => Some(&self.put_api_requests.entropy_count),
+                ("put_api_requests", "entropy_fails") => Some(&self.put_api_requests.entropy_fails),
+                ("patch_api_requests", "drive_count") => Some(&self.patch_api_requests.drive_count),
+                ("patch_api_requests", "drive_fails") => Some(&self.patch_api_requests.drive_fails),
                 _ => None,
             }
         };

@@ -11,6 +11,7 @@ use crate::builder::{self, BuildError, BuiltVm, Serial};
 use crate::config::{ResetPolicy, VmConfig};
 use crate::console::ConsoleOutput;
 use crate::controller::{Backend, Controller};
+use crate::device_manager::DeviceThread;
 use crate::events::{EventReceiver, EventSender, VmEvent};
 use crate::metrics::METRICS;
 use crate::vcpu::{VcpuError, VcpuHandle};
@@ -55,16 +56,22 @@ pub enum RunError {
 pub struct RunningVm {
     built: BuiltVm,
     vcpus: Vec<VcpuHandle>,
+    devices: DeviceThread,
 }
 
 impl RunningVm {
     /// Starts every vCPU of a built VM.
     pub fn start(mut built: BuiltVm, events: &EventSender) -> Result<Self, VcpuError> {
+        let devices = DeviceThread::start(&built.virtio).map_err(VcpuError::Devices)?;
         let mut vcpus = Vec::new();
         for (i, fd) in built.vcpus.drain(..).enumerate() {
             vcpus.push(VcpuHandle::spawn(i, fd, built.bus.clone(), events.clone())?);
         }
-        Ok(Self { built, vcpus })
+        Ok(Self {
+            built,
+            vcpus,
+            devices,
+        })
     }
 
     /// Pauses every vCPU outside KVM_RUN.
@@ -86,11 +93,25 @@ impl RunningVm {
         &self.built.serial
     }
 
-    /// Stops every vCPU thread and releases the VM.
+    /// Points drive `id` at another image and tells the guest.
+    pub fn update_drive(&self, id: &str, path: &str) -> Result<(), String> {
+        let (_, t) = self
+            .built
+            .virtio
+            .iter()
+            .find(|(d, _)| d == id)
+            .ok_or(format!("no drive '{id}'"))?;
+        t.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .swap_backing(std::path::Path::new(path))
+    }
+
+    /// Stops every vCPU thread, then the device thread, and releases the VM.
     pub fn stop(self) {
         for v in self.vcpus {
             v.stop();
         }
+        drop(self.devices);
     }
 }
 
@@ -157,6 +178,10 @@ impl Backend for KvmBackend {
 
     fn resume(&mut self, vm: &RunningVm) {
         vm.resume();
+    }
+
+    fn update_drive(&mut self, vm: &RunningVm, drive_id: &str, path: &str) -> Result<(), String> {
+        vm.update_drive(drive_id, path)
     }
 }
 

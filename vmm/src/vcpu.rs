@@ -36,6 +36,9 @@ pub enum VcpuError {
     /// The thread could not be started.
     #[error("cannot start vCPU thread {0}: {1}")]
     Spawn(usize, #[source] std::io::Error),
+    /// The device thread could not be started.
+    #[error("cannot start the virtio device thread: {0}")]
+    Devices(#[source] std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -161,6 +161,13 @@ impl MmioTransport {
         self.device.as_mut()
     }
 
+    /// Swaps the device's backing file and tells the driver its config changed.
+    pub fn swap_backing(&mut self, path: &std::path::Path) -> Result<(), String> {
+        self.device.swap_backing(path)?;
+        self.notify_config_change();
+        Ok(())
+    }
+
     /// Tells the driver the config space changed.
     pub fn notify_config_change(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);

@@ -38,6 +38,10 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// Forgets per-driver state after a reset.
     fn reset(&mut self) {}
+    /// Points the device at another backing file; only block devices have one.
+    fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
+        Err("this device has no backing file".into())
+    }
 }
 
 /// One descriptor of a request, already read from the ring.

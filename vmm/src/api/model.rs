@@ -228,3 +228,118 @@ pub struct Fault {
     /// What went wrong.
     pub fault_message: String,
 }
+
+/// Firecracker's drive cache types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CacheType {
+    /// No flush offered to the guest.
+    #[default]
+    Unsafe,
+    /// Flush offered, done with fsync.
+    Writeback,
+}
+
+/// `PUT /drives/{drive_id}`, and an entry of the config file's `drives`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// The drive's id (its serial, too).
+    pub drive_id: String,
+    /// The raw image on the host.
+    pub path_on_host: String,
+    /// Whether the guest boots from it (`root=/dev/vda`).
+    pub is_root_device: bool,
+    /// Whether writes are refused.
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// Cache type.
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// Root partition UUID (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// I/O engine: only `Sync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+    /// Rate limiter (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+/// Firecracker's I/O engines; only `Sync` for now, `Async` is refused by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub enum IoEngine {
+    /// Synchronous I/O on the device thread.
+    Sync,
+}
+
+impl TryFrom<String> for IoEngine {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "Sync" => Ok(Self::Sync),
+            "Async" => Err("io_engine Async is not supported yet".into()),
+            other => Err(format!("unknown io_engine '{other}', expected Sync")),
+        }
+    }
+}
+
+/// `PATCH /drives/{drive_id}`: swap the backing file of a running guest's drive.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// The drive's id.
+    pub drive_id: String,
+    /// The new image.
+    pub path_on_host: Option<String>,
+    /// Rate limiter (not supported yet).
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+/// `PUT /entropy`, and the config file's `entropy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {
+    /// Rate limiter (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+fn not_yet(v: Option<&serde_json::Value>, what: &str) -> Result<(), String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(format!("{what} is not supported yet")),
+    }
+}
+
+impl Drive {
+    /// Checks what can be checked without the file: id, unsupported settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.drive_id.is_empty()
+            || self.drive_id.len() > 64
+            || !self
+                .drive_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "invalid drive_id '{}': use 1 to 64 letters, digits, '-' or '_'",
+                self.drive_id
+            ));
+        }
+        not_yet(self.rate_limiter.as_ref(), "a drive rate_limiter")?;
+        if self.partuuid.is_some() {
+            return Err("partuuid is not supported yet".into());
+        }
+        Ok(())
+    }
+}
+
+impl Entropy {
+    /// Checks unsupported settings.
+    pub fn validate(&self) -> Result<(), String> {
+        not_yet(self.rate_limiter.as_ref(), "an entropy rate_limiter")
+    }
+}

@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::model::{
-    Action, BootSource, LoggerConfig, MachineConfig, MachineConfigPatch, MetricsConfig, VmPatch,
+    Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
+    MachineConfigPatch, MetricsConfig, VmPatch,
 };
 
 /// Largest request body accepted (Firecracker's limit).
@@ -24,14 +25,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/vm/config", "GET"),
     ("/logger", "PUT"),
     ("/metrics", "PUT"),
+    ("/drives/{drive_id}", "PUT"),
+    ("/drives/{drive_id}", "PATCH"),
+    ("/entropy", "PUT"),
 ];
 
 /// Firecracker resources that later work brings; until then they get a 400 that says so.
 pub const NOT_YET: &[&str] = &[
-    "/drives",
     "/network-interfaces",
     "/vsock",
-    "/entropy",
     "/snapshot",
     "/cpu-config",
     "/balloon",
@@ -63,6 +65,12 @@ pub enum ApiRequest {
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
     PutMetrics(MetricsConfig),
+    /// `PUT /drives/{drive_id}`.
+    PutDrive(String, Drive),
+    /// `PATCH /drives/{drive_id}`.
+    PatchDrive(String, DrivePatch),
+    /// `PUT /entropy`.
+    PutEntropy(Entropy),
 }
 
 impl ApiRequest {
@@ -80,6 +88,9 @@ impl ApiRequest {
             Self::PutMetrics(_) => ("put_api_requests", "metrics_count"),
             Self::PatchMachineConfig(_) => ("patch_api_requests", "machine_cfg_count"),
             Self::PatchVm(_) => ("patch_api_requests", "vm_count"),
+            Self::PutDrive(..) => ("put_api_requests", "drive_count"),
+            Self::PatchDrive(..) => ("patch_api_requests", "drive_count"),
+            Self::PutEntropy(_) => ("put_api_requests", "entropy_count"),
         }
     }
 }
@@ -137,6 +148,12 @@ fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
         .map_err(|e| ApiResponse::bad_request(format!("invalid request body: {e}")))
 }
 
+/// The id in `/drives/{drive_id}`.
+fn drive_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/drives/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// Parses one request.
 pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResponse> {
     if raw.len() > MAX_BODY {
@@ -158,6 +175,15 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("GET", "/vm/config") => ApiRequest::GetVmConfig,
         ("PUT", "/logger") => ApiRequest::PutLogger(body(raw)?),
         ("PUT", "/metrics") => ApiRequest::PutMetrics(body(raw)?),
+        ("PUT", "/entropy") => ApiRequest::PutEntropy(body(raw)?),
+        ("PUT" | "PATCH", p) if drive_id(p).is_some() => {
+            let id = drive_id(p).unwrap_or_default().to_string();
+            if method == "PUT" {
+                ApiRequest::PutDrive(id, body(raw)?)
+            } else {
+                ApiRequest::PatchDrive(id, body(raw)?)
+            }
+        }
         _ => {
             if let Some(r) = NOT_YET
                 .iter()
@@ -167,9 +193,14 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
                     "the {r} resource is not supported yet"
                 )));
             }
+            let template = if drive_id(path).is_some() {
+                "/drives/{drive_id}"
+            } else {
+                path
+            };
             let allowed: Vec<&str> = ROUTES
                 .iter()
-                .filter(|(p, _)| *p == path)
+                .filter(|(p, _)| *p == template)
                 .map(|(_, m)| *m)
                 .collect();
             if !allowed.is_empty() {
@@ -295,11 +326,20 @@ mod tests {
             Some("GET, PUT, PATCH")
         );
         assert_eq!(fault(parse("POST", "/", b"")).0, 405);
-        let (s, m) = fault(parse("PUT", "/drives/rootfs", b"{}"));
+        let (s, m) = fault(parse("PUT", "/vsock", b"{}"));
         assert_eq!(
             (s, m.as_str()),
-            (400, "the /drives resource is not supported yet")
+            (400, "the /vsock resource is not supported yet")
         );
+        assert_eq!(fault(parse("GET", "/drives/rootfs", b"")).0, 405);
+        assert_eq!(fault(parse("PUT", "/drives/", b"{}")).0, 404);
+        let d = parse(
+            "PUT",
+            "/drives/rootfs",
+            br#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}"#,
+        )
+        .unwrap();
+        assert!(matches!(d, ApiRequest::PutDrive(id, d) if id == "rootfs" && d.is_root_device));
         assert_eq!(
             fault(parse("PUT", "/snapshot/create", b"{}")).1,
             "the /snapshot resource is not supported yet"
@@ -323,6 +363,9 @@ mod tests {
             r#"{"state": "Resumed"}"#,
             r#"{"level": "Info"}"#,
             r#"{"metrics_path": "/m"}"#,
+            r#"{"drive_id": "d", "path_on_host": "/p", "is_root_device": false}"#,
+            r#"{"drive_id": "d", "path_on_host": "/p"}"#,
+            r#"{}"#,
         ];
         for (path, method) in ROUTES {
             let ok = bodies

@@ -89,7 +89,7 @@ impl Block {
 
     /// Swaps the backing file (Firecracker's PATCH /drives path_on_host). The transport then
     /// tells the guest the capacity may have changed.
-    pub fn swap_backing(&mut self, path: &Path) -> std::io::Result<()> {
+    pub fn replace_file(&mut self, path: &Path) -> std::io::Result<()> {
         let (file, capacity) = open(path, self.cfg.read_only)?;
         self.file = file;
         self.capacity = capacity;
@@ -209,6 +209,11 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn swap_backing(&mut self, path: &Path) -> Result<(), String> {
+        self.replace_file(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {

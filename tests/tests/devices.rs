@@ -1,0 +1,236 @@
+//! virtio devices with real files inside the emulated host: booting from the ext4 rootfs,
+//! data written in the guest checked from the host, read-only drives, the drive serial,
+//! entropy, swapping a running guest's drive through the API, and bad drive input.
+#![cfg(target_arch = "aarch64")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmm_tests::api::{curl, socket_path, wait_ready};
+use vmm_tests::guest::{Guest, artifact, refused};
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmm-dev-{}-{name}", std::process::id()))
+}
+
+fn fresh_rootfs(name: &str) -> PathBuf {
+    let p = temp(name);
+    std::fs::copy(artifact("GUEST_ROOTFS"), &p).expect("copy the rootfs");
+    p
+}
+
+fn image_of(name: &str, byte: u8, kib: usize) -> PathBuf {
+    let p = temp(name);
+    std::fs::write(&p, vec![byte; kib * 1024]).expect("write image");
+    p
+}
+
+fn config_file(name: &str, drives: &str, entropy: bool) -> PathBuf {
+    let p = temp(name);
+    let json = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1"}},
+            "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
+            "drives": [{drives}]{}}}"#,
+        artifact("GUEST_KERNEL").display(),
+        artifact("GUEST_INITRD").display(),
+        if entropy { r#", "entropy": {}"# } else { "" }
+    );
+    std::fs::write(&p, json).expect("write config");
+    p
+}
+
+fn drive(id: &str, path: &Path, root: bool, ro: bool) -> String {
+    format!(
+        r#"{{"drive_id": "{id}", "path_on_host": "{}", "is_root_device": {root}, "is_read_only": {ro}, "cache_type": "Writeback"}}"#,
+        path.display()
+    )
+}
+
+fn power_off(mut g: Guest) {
+    g.send("poweroff -f\n");
+    let (status, stderr) = g.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn the_guest_boots_from_the_rootfs_and_its_writes_reach_the_image() {
+    let root = fresh_rootfs("root.ext4");
+    let data = image_of("ro.img", 0x5a, 1024);
+    let drives = format!(
+        "{}, {}",
+        drive("rootfs", &root, true, false),
+        drive("data", &data, false, true)
+    );
+    let cfg = config_file("rootfs.json", &drives, true);
+    let mut g = Guest::start(&["--config-file", cfg.to_str().expect("utf-8"), "--no-api"]);
+    g.wait_for("GUEST_READY");
+    let mounts = g.sh("grep ' / ' /proc/mounts");
+    assert!(
+        mounts.iter().any(|l| l.starts_with("/dev/vda / ext4 rw")),
+        "{mounts:?}"
+    );
+    assert_eq!(
+        g.sh("cat /sys/block/vda/serial"),
+        vec!["rootfs".to_string()]
+    );
+    // Write data in the guest and keep its checksum.
+    let sum = g.sh("dd if=/dev/urandom of=/written.bin bs=4096 count=256 2>/dev/null; sync; sha256sum /written.bin");
+    let guest_sum = sum
+        .first()
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a checksum")
+        .to_string();
+    // The read-only drive: readable, and a write is refused.
+    assert_eq!(g.sh("cat /sys/block/vdb/ro"), vec!["1".to_string()]);
+    assert_eq!(
+        g.sh("dd if=/dev/vdb bs=1024 count=4 2>/dev/null | od -An -tx1 | head -1 | tr -d ' '"),
+        vec!["5a".repeat(16)]
+    );
+    let w = g.sh("dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync 2>&1; echo rc=$?");
+    assert!(
+        w.last().is_some_and(|l| l != "rc=0"),
+        "a write to the read-only drive succeeded: {w:?}"
+    );
+    // Entropy from virtio-rng.
+    assert!(g.sh("cat /sys/class/misc/hw_random/rng_current")[0].starts_with("virtio_rng"));
+    assert_eq!(
+        g.sh("dd if=/dev/hwrng bs=4096 count=256 2>/dev/null | wc -c"),
+        vec!["1048576".to_string()]
+    );
+    power_off(g);
+
+    // From the host: the file is in the image with the same checksum, and the read-only image is untouched.
+    let out = temp("written.bin");
+    let st = Command::new("debugfs")
+        .args(["-R", &format!("dump /written.bin {}", out.display())])
+        .arg(&root)
+        .output()
+        .expect("run debugfs");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let host_sum = Command::new("sha256sum")
+        .arg(&out)
+        .output()
+        .expect("sha256sum");
+    let host_sum = String::from_utf8_lossy(&host_sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(host_sum, guest_sum);
+    assert!(
+        std::fs::read(&data)
+            .expect("read image")
+            .iter()
+            .all(|b| *b == 0x5a)
+    );
+    for p in [root, data, cfg, out] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn a_running_guests_drive_can_be_swapped_through_the_api() {
+    let sock = socket_path("swap");
+    let a = image_of("a.img", 0xaa, 1024);
+    let b = image_of("b.img", 0xbb, 2048);
+    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
+    wait_ready(&sock);
+    let bs = format!(
+        r#"{{"kernel_image_path": "{}", "initrd_path": "{}"}}"#,
+        artifact("GUEST_KERNEL").display(),
+        artifact("GUEST_INITRD").display()
+    );
+    assert_eq!(curl(&sock, "PUT", "/boot-source", Some(&bs)).0, 204);
+    // Bad drives change nothing.
+    let (code, body) = curl(
+        &sock,
+        "PUT",
+        "/drives/data",
+        Some(&drive("data", Path::new("/nonexistent.img"), false, false)),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("cannot open /nonexistent.img"), "{body}");
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/drives/data",
+            Some(&drive("data", &a, false, false))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/drives/other",
+            Some(&drive("data", &a, false, false))
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        curl(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
+    g.wait_for("GUEST_READY");
+    assert_eq!(g.sh("cat /sys/block/vda/size"), vec!["2048".to_string()]);
+    assert_eq!(
+        g.sh("head -c 2 /dev/vda | od -An -tx1 | tr -d ' '"),
+        vec!["aaaa".to_string()]
+    );
+    let patch = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+        b.display()
+    );
+    assert_eq!(curl(&sock, "PATCH", "/drives/data", Some(&patch)).0, 204);
+    g.wait_for("new size");
+    assert_eq!(g.sh("cat /sys/block/vda/size"), vec!["4096".to_string()]);
+    assert_eq!(
+        g.sh("echo 3 > /proc/sys/vm/drop_caches; head -c 2 /dev/vda | od -An -tx1 | tr -d ' '"),
+        vec!["bbbb".to_string()]
+    );
+    let (code, _) = curl(
+        &sock,
+        "PATCH",
+        "/drives/data",
+        Some(r#"{"drive_id": "data", "path_on_host": "/nonexistent"}"#),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(
+        g.sh("head -c 2 /dev/vda | od -An -tx1 | tr -d ' '"),
+        vec!["bbbb".to_string()],
+        "a failed swap keeps the drive"
+    );
+    power_off(g);
+    for p in [a, b] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn a_config_file_with_a_missing_image_is_refused() {
+    let cfg = config_file(
+        "missing.json",
+        &drive("rootfs", Path::new("/nonexistent/root.ext4"), true, false),
+        false,
+    );
+    let (code, stderr) = refused(&["--config-file", cfg.to_str().expect("utf-8"), "--no-api"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("drive rootfs: cannot open /nonexistent/root.ext4"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(cfg);
+}
