@@ -151,7 +151,7 @@ impl Guest {
                 inside = true;
             } else if l.trim_end() == end {
                 return out;
-            } else if inside {
+            } else if inside && !is_kernel_log(&l) {
                 out.push(l.trim_end().to_string());
             }
         }
@@ -195,11 +195,35 @@ impl Guest {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_lines_are_recognised() {
+        assert!(super::is_kernel_log(
+            "[    6.179614] sh (144): drop_caches: 3"
+        ));
+        assert!(super::is_kernel_log("[12345.000001] x"));
+        assert!(!super::is_kernel_log("bbbb"));
+        assert!(!super::is_kernel_log("[x] not a time"));
+    }
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A kernel message on the console (`[    6.179614] ...`), which can land amid command output.
+fn is_kernel_log(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .is_some_and(|(t, _)| {
+            t.trim()
+                .split_once('.')
+                .is_some_and(|(a, b)| a.trim().parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+        })
 }
 
 fn pump_lines<R: Read + Send + 'static>(r: R) -> Receiver<String> {

@@ -140,13 +140,8 @@ fn the_getting_started_sequence_with_curl() {
         ),
         ("GET", "/no/such/thing", None, 404, "no resource"),
         ("DELETE", "/vm", None, 405, "not allowed"),
-        (
-            "PUT",
-            "/drives/rootfs",
-            Some("{}"),
-            400,
-            "not supported yet",
-        ),
+        ("PUT", "/vsock", Some("{}"), 400, "not supported yet"),
+        ("PUT", "/drives/rootfs", Some("{}"), 400, "after starting"),
         (
             "PUT",
             "/actions",

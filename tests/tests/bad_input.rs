@@ -128,13 +128,22 @@ fn config_file_errors_name_the_problem() {
         &["--config-file", &malformed, "--no-api"],
         "invalid config file",
     );
-    let drives = temp(
-        "drives.json",
+    let net = temp(
+        "net.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "network-interfaces": [{{"iface_id": "eth0"}}]}}"#)
+            .as_bytes(),
+    );
+    assert_refused(
+        &["--config-file", &net, "--no-api"],
+        "section 'network-interfaces' is not supported yet",
+    );
+    let drive = temp(
+        "drive.json",
         format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "drives": [{{"drive_id": "root"}}]}}"#).as_bytes(),
     );
     assert_refused(
-        &["--config-file", &drives, "--no-api"],
-        "section 'drives' is not supported yet",
+        &["--config-file", &drive, "--no-api"],
+        "missing field `path_on_host`",
     );
     assert_refused(
         &["--config-file", "/nonexistent.json", "--no-api"],
