@@ -195,19 +195,6 @@ impl Guest {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kernel_lines_are_recognised() {
-        assert!(super::is_kernel_log(
-            "[    6.179614] sh (144): drop_caches: 3"
-        ));
-        assert!(super::is_kernel_log("[12345.000001] x"));
-        assert!(!super::is_kernel_log("bbbb"));
-        assert!(!super::is_kernel_log("[x] not a time"));
-    }
-}
-
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -259,4 +246,17 @@ pub fn refused(args: &[&str]) -> (Option<i32>, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "vmm panicked: {stderr}");
     (out.status.code(), stderr)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_lines_are_recognised() {
+        assert!(super::is_kernel_log(
+            "[    6.179614] sh (144): drop_caches: 3"
+        ));
+        assert!(super::is_kernel_log("[12345.000001] x"));
+        assert!(!super::is_kernel_log("bbbb"));
+        assert!(!super::is_kernel_log("[x] not a time"));
+    }
 }
