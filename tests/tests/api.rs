@@ -141,7 +141,13 @@ fn the_getting_started_sequence_with_curl() {
         ("GET", "/no/such/thing", None, 404, "no resource"),
         ("DELETE", "/vm", None, 405, "not allowed"),
         ("PUT", "/vsock", Some("{}"), 400, "not supported yet"),
-        ("PUT", "/drives/rootfs", Some("{}"), 400, "after starting"),
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some(r#"{"drive_id": "rootfs", "path_on_host": "/x", "is_root_device": false}"#),
+            400,
+            "after starting",
+        ),
         (
             "PUT",
             "/actions",
