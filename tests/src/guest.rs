@@ -149,7 +149,11 @@ impl Guest {
         while let Some(l) = self.next_line(deadline) {
             if l.trim_end() == start {
                 inside = true;
-            } else if l.trim_end() == end {
+            } else if let Some(last) = l.trim_end().strip_suffix(&end).filter(|_| inside) {
+                // Output without a final newline ends on the marker's line.
+                if !last.is_empty() {
+                    out.push(last.to_string());
+                }
                 return out;
             } else if inside && !is_kernel_log(&l) {
                 out.push(l.trim_end().to_string());
