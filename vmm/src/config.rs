@@ -93,19 +93,21 @@ pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
 
 /// Checks that a drive's image can be opened as the drive would open it.
 pub fn check_drive_file(d: &Drive) -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(!d.is_read_only)
-        .open(&d.path_on_host)
-        .and_then(|f| f.metadata())
-        .and_then(|m| {
-            if m.is_file() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("not a regular file"))
-            }
-        })
+    open_regular_file(&d.path_on_host, !d.is_read_only)
+        .map(|_| ())
         .map_err(|e| format!("drive {}: cannot open {}: {e}", d.drive_id, d.path_on_host))
+}
+
+/// Opens a path as a regular file (for writing too if asked), as the VMM will use it.
+pub fn open_regular_file(path: &str, write: bool) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
 }
 
 impl VmConfig {

@@ -11,7 +11,7 @@ use crate::api::model::{
     MachineConfig, MachineConfigPatch, MetricsConfig, VersionInfo, VmStateRequest,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
-use crate::config::{ConfigError, VmConfig, check_drive_file, validate_drives};
+use crate::config::{ConfigError, VmConfig, check_drive_file, open_regular_file, validate_drives};
 use crate::metrics::{METRICS, MetricsSink};
 
 /// Starts, pauses and resumes VMs.
@@ -46,15 +46,8 @@ pub struct Controller<B: Backend> {
 }
 
 fn check_readable(what: &str, path: &str) -> Result<(), String> {
-    std::fs::File::open(path)
-        .and_then(|f| f.metadata())
-        .and_then(|m| {
-            if m.is_file() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("not a regular file"))
-            }
-        })
+    open_regular_file(path, false)
+        .map(|_| ())
         .map_err(|e| format!("cannot open {what} {path}: {e}"))
 }
 
