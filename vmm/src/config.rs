@@ -91,6 +91,43 @@ pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses `vmm run --drive`: `id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback]`.
+pub fn parse_drive_arg(s: &str) -> Result<Drive, String> {
+    let mut d = Drive {
+        drive_id: String::new(),
+        path_on_host: String::new(),
+        is_root_device: false,
+        is_read_only: false,
+        cache_type: crate::api::model::CacheType::Unsafe,
+        partuuid: None,
+        io_engine: None,
+        rate_limiter: None,
+    };
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => d.drive_id = v.to_string(),
+            Some(("path", v)) => d.path_on_host = v.to_string(),
+            Some(("cache", "unsafe")) => d.cache_type = crate::api::model::CacheType::Unsafe,
+            Some(("cache", "writeback")) => d.cache_type = crate::api::model::CacheType::Writeback,
+            None if part == "root" => d.is_root_device = true,
+            None if part == "ro" => d.is_read_only = true,
+            _ => {
+                return Err(format!(
+                    "unknown drive option '{part}': expected id=, path=, root, ro, cache=unsafe|writeback"
+                ));
+            }
+        }
+    }
+    if d.path_on_host.is_empty() {
+        return Err(format!("drive '{s}' needs path=PATH"));
+    }
+    if d.drive_id.is_empty() {
+        return Err(format!("drive '{s}' needs id=ID"));
+    }
+    d.validate()?;
+    Ok(d)
+}
+
 /// Checks that a drive's image can be opened as the drive would open it.
 pub fn check_drive_file(d: &Drive) -> Result<(), String> {
     open_regular_file(&d.path_on_host, !d.is_read_only)
@@ -381,6 +418,38 @@ mod tests {
         assert!(
             bad(r#"[{"drive_id": "a", "path_on_host": "/x"}]"#)
                 .contains("missing field `is_root_device`")
+        );
+    }
+
+    #[test]
+    fn drive_arguments_parse() {
+        let d = parse_drive_arg("id=rootfs,path=/r.ext4,root,cache=writeback").unwrap();
+        assert_eq!(
+            (
+                d.drive_id.as_str(),
+                d.path_on_host.as_str(),
+                d.is_root_device,
+                d.is_read_only
+            ),
+            ("rootfs", "/r.ext4", true, false)
+        );
+        assert_eq!(d.cache_type, crate::api::model::CacheType::Writeback);
+        assert!(parse_drive_arg("id=d,path=/x,ro").unwrap().is_read_only);
+        assert!(parse_drive_arg("id=d").unwrap_err().contains("needs path="));
+        assert!(
+            parse_drive_arg("path=/x")
+                .unwrap_err()
+                .contains("needs id=")
+        );
+        assert!(
+            parse_drive_arg("id=d,path=/x,fast")
+                .unwrap_err()
+                .contains("unknown drive option 'fast'")
+        );
+        assert!(
+            parse_drive_arg("id=a b,path=/x")
+                .unwrap_err()
+                .contains("invalid drive_id")
         );
     }
 

@@ -148,6 +148,12 @@ struct RunArgs {
     /// Log the guest's boot time when it writes to the boot-timer device.
     #[arg(long)]
     boot_timer: bool,
+    /// A block device, repeatable: id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback].
+    #[arg(long, value_name = "SPEC", value_parser = vmm::config::parse_drive_arg)]
+    drive: Vec<vmm::api::model::Drive>,
+    /// Give the guest a virtio entropy device.
+    #[arg(long)]
+    entropy: bool,
     /// Also serve the API on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -186,7 +192,10 @@ fn plan_run(a: &RunArgs, p: &ProcessArgs) -> anyhow::Result<Plan> {
         OnReset::Reboot => ResetPolicy::Reboot,
     };
     c.boot_timer = a.boot_timer || p.boot_timer;
+    c.drives.clone_from(&a.drive);
+    c.entropy = a.entropy.then(vmm::api::model::Entropy::default);
     c.validate()?;
+    vmm::config::validate_drives(&c.drives, c.entropy.is_some()).map_err(anyhow::Error::msg)?;
     Ok(Plan {
         id: p.id.clone(),
         base: c.clone(),
