@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod irq;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{MmioBus, MmioDevice};

@@ -234,3 +234,22 @@ fn a_config_file_with_a_missing_image_is_refused() {
     );
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn a_1_mib_per_second_disk_limit_holds() {
+    // 11 MiB: the full bucket (1 MiB) goes at once, the other 10 MiB take about 10 s.
+    let img = image_of("limited.img", 0x11, 11 * 1024);
+    let spec = format!("id=slow,path={},ro,bw=1048576", img.display());
+    let mut g = Guest::boot(&["--drive", &spec]);
+    let out = g.sh(
+        "s=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=65536 2>/dev/null; \
+         e=$(cut -d' ' -f1 /proc/uptime); echo $s $e",
+    );
+    let times: Vec<f64> = out.last().expect("times").split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let secs = times[1] - times[0];
+    let mib_per_s = 11.0 / secs;
+    println!("read 11 MiB in {secs:.2} s: {mib_per_s:.3} MiB/s against a 1 MiB/s limit");
+    assert!((0.8..=1.2).contains(&mib_per_s), "{mib_per_s} MiB/s is not within 20% of 1 MiB/s");
+    power_off(g);
+    let _ = std::fs::remove_file(img);
+}

@@ -298,6 +298,10 @@ pub fn build(
                 CacheType::Unsafe => BlockCache::Unsafe,
                 CacheType::Writeback => BlockCache::Writeback,
             },
+            rate_limiter: d
+                .rate_limiter
+                .as_ref()
+                .map(crate::api::model::RateLimiterConfig::build),
         })
         .map_err(|e| {
             BuildError::Device(format!(

@@ -91,7 +91,7 @@ pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `vmm run --drive`: `id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback]`.
+/// Parses `vmm run --drive`: `id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback][,bw=BYTES_PER_S]`.
 pub fn parse_drive_arg(s: &str) -> Result<Drive, String> {
     let mut d = Drive {
         drive_id: String::new(),
@@ -109,6 +109,19 @@ pub fn parse_drive_arg(s: &str) -> Result<Drive, String> {
             Some(("path", v)) => d.path_on_host = v.to_string(),
             Some(("cache", "unsafe")) => d.cache_type = crate::api::model::CacheType::Unsafe,
             Some(("cache", "writeback")) => d.cache_type = crate::api::model::CacheType::Writeback,
+            Some(("bw", v)) => {
+                let bytes_per_s = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("bw={v} is not a number of bytes per second"))?;
+                d.rate_limiter = Some(crate::api::model::RateLimiterConfig {
+                    bandwidth: Some(crate::api::model::TokenBucketConfig {
+                        size: bytes_per_s,
+                        one_time_burst: None,
+                        refill_time: 1000,
+                    }),
+                    ops: None,
+                });
+            }
             None if part == "root" => d.is_root_device = true,
             None if part == "ro" => d.is_read_only = true,
             _ => {
@@ -413,8 +426,28 @@ mod tests {
         assert!(bad(&format!("[{}]", d("a b", false))).contains("invalid drive_id"));
         let many: Vec<String> = (0..33).map(|i| d(&format!("d{i}"), false)).collect();
         assert!(bad(&format!("[{}]", many.join(","))).contains("at most 32"));
-        assert!(bad(r#"[{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}]"#)
-            .contains("rate_limiter is not supported yet"));
+        let limited = |rl: &str| {
+            bad(&format!(
+                r#"[{{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {rl}}}]"#
+            ))
+        };
+        assert!(
+            limited(r#"{"bandwidth": {"size": 0, "refill_time": 1000}}"#)
+                .contains("size must be 1 to")
+        );
+        assert!(
+            limited(r#"{"bandwidth": {"size": -1, "refill_time": 1000}}"#)
+                .contains("invalid value: integer `-1`")
+        );
+        assert!(
+            limited(r#"{"ops": {"size": 10, "refill_time": 99999999}}"#)
+                .contains("refill_time must be 1 to 3600000 ms")
+        );
+        assert!(limited(r#"{"bandwidth": {"size": 10, "refill_time": 100, "one_time_burst": 2199023255553}}"#).contains("one_time_burst"));
+        assert!(
+            limited(r#"{"bandwidth": {"size": 10, "refill": 100}}"#)
+                .contains("unknown field `refill`")
+        );
         assert!(
             bad(r#"[{"drive_id": "a", "path_on_host": "/x"}]"#)
                 .contains("missing field `is_root_device`")

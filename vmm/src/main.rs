@@ -148,7 +148,7 @@ struct RunArgs {
     /// Log the guest's boot time when it writes to the boot-timer device.
     #[arg(long)]
     boot_timer: bool,
-    /// A block device, repeatable: id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback].
+    /// A block device, repeatable: id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback][,bw=BYTES_PER_S].
     #[arg(long, value_name = "SPEC", value_parser = vmm::config::parse_drive_arg)]
     drive: Vec<vmm::api::model::Drive>,
     /// Give the guest a virtio entropy device.

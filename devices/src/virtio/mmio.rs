@@ -10,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::{VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::bus::MmioDevice;
@@ -86,6 +87,8 @@ pub struct MmioTransport {
     interrupt_status: Arc<AtomicU32>,
     irq: IrqLine,
     config_generation: u32,
+    /// When a rate limiter stopped the device: how long until it can go on.
+    retry: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -128,6 +131,7 @@ impl MmioTransport {
             interrupt_status: Arc::new(AtomicU32::new(0)),
             irq,
             config_generation: 0,
+            retry: None,
         })
     }
 
@@ -251,6 +255,21 @@ impl MmioTransport {
         if self.device.process_queue(index, q, &self.mem) {
             self.raise(INT_VRING);
         }
+        if let Some(wait) = self.device.retry_after() {
+            self.retry = Some(self.retry.map_or(wait, |r| r.min(wait)));
+        }
+    }
+
+    /// Serves every queue (after a rate-limiter timer).
+    pub fn process_all(&mut self) {
+        for i in 0..self.queues.len() {
+            self.process(i);
+        }
+    }
+
+    /// How long until a throttled device can go on, if it is throttled. Taken once.
+    pub fn take_retry(&mut self) -> Option<std::time::Duration> {
+        self.retry.take()
     }
 
     fn read_reg(&mut self, offset: u64) -> u32 {
@@ -365,11 +384,16 @@ impl MmioDevice for MmioTransport {
     }
 }
 
-/// The device thread's view of a transport: its queue EventFds, as an event-manager subscriber.
+/// Event data of the rate-limiter timer.
+const TIMER: u32 = u32::MAX;
+
+/// The device thread's view of a transport: its queue EventFds and a rate-limiter timer, as an
+/// event-manager subscriber.
 #[derive(Debug)]
 pub struct QueueEvents {
     transport: Arc<Mutex<MmioTransport>>,
     evts: Vec<EventFd>,
+    timer: TimerFd,
 }
 
 impl QueueEvents {
@@ -384,7 +408,11 @@ impl QueueEvents {
                 .map(EventFd::try_clone)
                 .collect::<std::io::Result<Vec<_>>>()?
         };
-        Ok(Self { transport, evts })
+        Ok(Self {
+            transport,
+            evts,
+            timer: TimerFd::new()?,
+        })
     }
 }
 
@@ -401,6 +429,9 @@ impl MutEventSubscriber for QueueEvents {
     }
 
     fn init(&mut self, ops: &mut EventOps<'_>) {
+        if let Err(err) = ops.add(Events::with_data(&self.timer, TIMER, EventSet::IN)) {
+            log::error!("virtio: cannot watch the rate-limiter timer: {err:?}");
+        }
         for (i, e) in self.evts.iter().enumerate() {
             if let Err(err) = ops.add(Events::with_data(e, i as u32, EventSet::IN)) {
                 log::error!("virtio: cannot watch queue {i}: {err:?}");

@@ -38,6 +38,11 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// Forgets per-driver state after a reset.
     fn reset(&mut self) {}
+    /// After `process_queue` stopped early because a rate limiter ran dry: how long to wait
+    /// before serving the queue again. Taken once.
+    fn retry_after(&mut self) -> Option<std::time::Duration> {
+        None
+    }
     /// Points the device at another backing file; only block devices have one.
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err("this device has no backing file".into())

@@ -67,6 +67,7 @@ fn block(tag: &str, read_only: bool) -> (Block, std::path::PathBuf) {
         path: path.clone(),
         read_only,
         cache: CacheType::Writeback,
+        rate_limiter: None,
     })
     .unwrap();
     (b, path)
@@ -416,4 +417,37 @@ fn odd_register_accesses_are_harmless() {
     let mut cfg = [0xffu8; 8];
     t.read(0x100, &mut cfg);
     t.write(0x1000, &[0; 4]);
+}
+
+#[test]
+fn a_rate_limited_device_puts_requests_back_and_says_when_to_retry() {
+    use crate::rate_limiter::{RateLimiter, TokenBucket};
+    let m = mem();
+    let now = std::time::Instant::now();
+    let limiter = RateLimiter {
+        bandwidth: Some(TokenBucket::new(
+            4096,
+            0,
+            std::time::Duration::from_secs(1),
+            now,
+        )),
+        ops: None,
+    };
+    let mq = MockSplitQueue::create(&m, GuestAddress(0), 8);
+    add_chain(&mq, 0, &[(DATA, 4096, true)]);
+    add_chain(&mq, 1, &[(DATA + 0x2000, 4096, true)]);
+    let mut q: Queue = mq.create_queue().unwrap();
+    let mut rng = Rng::with_limiter(limiter);
+    assert!(rng.process_queue(0, &mut q, &m));
+    assert_eq!(used(&mq), vec![(0, 4096)], "the second request waits");
+    let wait = rng.retry_after().expect("a retry time");
+    assert!(
+        wait > std::time::Duration::from_millis(900)
+            && wait <= std::time::Duration::from_millis(1001),
+        "{wait:?}"
+    );
+    assert_eq!(rng.retry_after(), None, "taken once");
+    // Still throttled right away: nothing more is served and the request stays queued.
+    assert!(!rng.process_queue(0, &mut q, &m));
+    assert_eq!(used(&mq).len(), 1);
 }

@@ -261,9 +261,9 @@ pub struct Drive {
     /// I/O engine: only `Sync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
-    /// Rate limiter (not supported yet).
+    /// Bandwidth and operation limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Firecracker's I/O engines; only `Sync` for now, `Async` is refused by name.
@@ -286,6 +286,88 @@ impl TryFrom<String> for IoEngine {
     }
 }
 
+/// Firecracker's token bucket: `size` tokens refilled every `refill_time` milliseconds, and a
+/// one-time burst spent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    /// Tokens (bytes or operations) in a full bucket.
+    pub size: u64,
+    /// Extra tokens usable once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill the whole bucket.
+    pub refill_time: u64,
+}
+
+/// Largest bucket size or burst accepted (1 TiB of tokens).
+pub const MAX_BUCKET_TOKENS: u64 = 1 << 40;
+/// Longest refill time accepted (one hour).
+pub const MAX_REFILL_MS: u64 = 3_600_000;
+
+impl TokenBucketConfig {
+    fn validate(&self, what: &str) -> Result<(), String> {
+        if self.size == 0 || self.size > MAX_BUCKET_TOKENS {
+            return Err(format!(
+                "{what} size must be 1 to {MAX_BUCKET_TOKENS}; leave the bucket out for no limit"
+            ));
+        }
+        if self.refill_time == 0 || self.refill_time > MAX_REFILL_MS {
+            return Err(format!(
+                "{what} refill_time must be 1 to {MAX_REFILL_MS} ms"
+            ));
+        }
+        if self.one_time_burst.is_some_and(|b| b > MAX_BUCKET_TOKENS) {
+            return Err(format!(
+                "{what} one_time_burst must be at most {MAX_BUCKET_TOKENS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A rate limiter: a bandwidth bucket (bytes) and an operations bucket, both optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// Checks both buckets.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(b) = &self.bandwidth {
+            b.validate("rate_limiter bandwidth")?;
+        }
+        if let Some(o) = &self.ops {
+            o.validate("rate_limiter ops")?;
+        }
+        Ok(())
+    }
+
+    /// The device-side limiter, with full buckets now.
+    pub fn build(&self) -> devices::rate_limiter::RateLimiter {
+        let now = std::time::Instant::now();
+        let bucket = |b: &TokenBucketConfig| {
+            devices::rate_limiter::TokenBucket::new(
+                b.size,
+                b.one_time_burst.unwrap_or(0),
+                std::time::Duration::from_millis(b.refill_time),
+                now,
+            )
+        };
+        devices::rate_limiter::RateLimiter {
+            bandwidth: self.bandwidth.as_ref().map(bucket),
+            ops: self.ops.as_ref().map(bucket),
+        }
+    }
+}
+
 /// `PATCH /drives/{drive_id}`: swap the backing file of a running guest's drive.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,16 +384,9 @@ pub struct DrivePatch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entropy {
-    /// Rate limiter (not supported yet).
+    /// Bandwidth and operation limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
-}
-
-fn not_yet(v: Option<&serde_json::Value>, what: &str) -> Result<(), String> {
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(()),
-        Some(_) => Err(format!("{what} is not supported yet")),
-    }
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl Drive {
@@ -329,7 +404,9 @@ impl Drive {
                 self.drive_id
             ));
         }
-        not_yet(self.rate_limiter.as_ref(), "a drive rate_limiter")?;
+        if let Some(r) = &self.rate_limiter {
+            r.validate()?;
+        }
         if self.partuuid.is_some() {
             return Err("partuuid is not supported yet".into());
         }
@@ -340,6 +417,8 @@ impl Drive {
 impl Entropy {
     /// Checks unsupported settings.
     pub fn validate(&self) -> Result<(), String> {
-        not_yet(self.rate_limiter.as_ref(), "an entropy rate_limiter")
+        self.rate_limiter
+            .as_ref()
+            .map_or(Ok(()), RateLimiterConfig::validate)
     }
 }

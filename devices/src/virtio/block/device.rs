@@ -3,11 +3,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{self, RequestError, RequestType, Status};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
     VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
 };
@@ -34,7 +36,7 @@ pub enum CacheType {
 }
 
 /// How to build a block device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BlockConfig {
     /// The drive's id, also its serial (GET_ID).
     pub id: String,
@@ -44,6 +46,8 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Cache type.
     pub cache: CacheType,
+    /// Bandwidth and operation limits.
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// A virtio block device.
@@ -53,6 +57,7 @@ pub struct Block {
     file: File,
     capacity: u64,
     config: [u8; 24],
+    retry: Option<Duration>,
 }
 
 fn open(path: &Path, read_only: bool) -> std::io::Result<(File, u64)> {
@@ -73,6 +78,7 @@ impl Block {
             file,
             capacity,
             config: [0; 24],
+            retry: None,
         };
         b.update_config();
         Ok(b)
@@ -211,6 +217,10 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn retry_after(&mut self) -> Option<Duration> {
+        self.retry.take()
+    }
+
     fn swap_backing(&mut self, path: &Path) -> Result<(), String> {
         self.replace_file(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
@@ -224,6 +234,20 @@ impl VirtioDevice for Block {
                 Err(_) => 0,
                 Ok(descs) => match request::parse(&descs, mem) {
                     Ok(req) => {
+                        let bytes = match req.kind {
+                            RequestType::In | RequestType::Out => {
+                                req.data.iter().map(|d| u64::from(d.len)).sum()
+                            }
+                            _ => 0,
+                        };
+                        if let Some(l) = self.cfg.rate_limiter.as_mut() {
+                            if let Err(wait) = l.admit(bytes, Instant::now()) {
+                                // Put the request back; the device thread retries after `wait`.
+                                queue.go_to_previous_position();
+                                self.retry = Some(wait);
+                                break;
+                            }
+                        }
                         let (status, written) = self.execute(&req, mem);
                         if mem.write_obj(status as u8, req.status.addr).is_ok() {
                             written + 1

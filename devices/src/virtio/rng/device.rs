@@ -1,8 +1,11 @@
 //! The entropy device: fills every writable buffer the guest offers with getrandom bytes.
 
-use virtio_queue::{Queue, QueueT};
+use std::time::{Duration, Instant};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type};
 
 /// Largest amount served per request.
@@ -14,12 +17,22 @@ const QUEUE_SIZES: [u16; 1] = [256];
 pub struct Rng {
     /// Bytes handed to the guest.
     pub bytes_served: u64,
+    limiter: Option<RateLimiter>,
+    retry: Option<Duration>,
 }
 
 impl Rng {
     /// A new device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A device whose output is rate limited.
+    pub fn with_limiter(limiter: RateLimiter) -> Self {
+        Self {
+            limiter: Some(limiter),
+            ..Self::default()
+        }
     }
 }
 
@@ -46,13 +59,30 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
+    fn retry_after(&mut self) -> Option<Duration> {
+        self.retry.take()
+    }
+
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let mut written = 0u32;
             // A chain over the cap is served up to the cap rather than refused.
-            if let Ok(descs) = descriptors(chain, u64::MAX) {
+            let descs = descriptors(chain, u64::MAX);
+            if let (Ok(descs), Some(l)) = (&descs, self.limiter.as_mut()) {
+                let want: u64 = descs
+                    .iter()
+                    .filter(|d| d.write)
+                    .map(|d| u64::from(d.len))
+                    .sum();
+                if let Err(wait) = l.admit(want.min(MAX_REQUEST), Instant::now()) {
+                    queue.go_to_previous_position();
+                    self.retry = Some(wait);
+                    break;
+                }
+            }
+            if let Ok(descs) = descs {
                 let mut left = MAX_REQUEST;
                 for d in descs.iter().filter(|d| d.write) {
                     let n = u64::from(d.len).min(left) as usize;
