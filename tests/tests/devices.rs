@@ -62,7 +62,14 @@ fn the_guest_boots_from_the_rootfs_and_its_writes_reach_the_image() {
         drive("data", &data, false, true)
     );
     let cfg = config_file("rootfs.json", &drives, true);
-    let mut g = Guest::start(&["--config-file", cfg.to_str().expect("utf-8"), "--no-api"]);
+    let metrics = temp("rootfs.metrics");
+    let mut g = Guest::start(&[
+        "--config-file",
+        cfg.to_str().expect("utf-8"),
+        "--no-api",
+        "--metrics-path",
+        metrics.to_str().expect("utf-8"),
+    ]);
     g.wait_for("GUEST_READY");
     let mounts = g.sh("grep ' / ' /proc/mounts");
     assert!(
@@ -127,7 +134,23 @@ fn the_guest_boots_from_the_rootfs_and_its_writes_reach_the_image() {
             .iter()
             .all(|b| *b == 0x5a)
     );
-    for p in [root, data, cfg, out] {
+    // The last metrics line, written at exit, has each device's counters.
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert!(
+        line["block_rootfs"]["write_bytes"].as_u64().unwrap_or(0) >= 1 << 20,
+        "{line}"
+    );
+    assert!(
+        line["block_data"]["read_bytes"].as_u64().unwrap_or(0) >= 4096,
+        "{line}"
+    );
+    assert!(
+        line["entropy"]["entropy_bytes"].as_u64().unwrap_or(0) >= 1 << 20,
+        "{line}"
+    );
+    for p in [root, data, cfg, out, metrics] {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -245,11 +268,19 @@ fn a_1_mib_per_second_disk_limit_holds() {
         "s=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=65536 2>/dev/null; \
          e=$(cut -d' ' -f1 /proc/uptime); echo $s $e",
     );
-    let times: Vec<f64> = out.last().expect("times").split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let times: Vec<f64> = out
+        .last()
+        .expect("times")
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
     let secs = times[1] - times[0];
     let mib_per_s = 11.0 / secs;
     println!("read 11 MiB in {secs:.2} s: {mib_per_s:.3} MiB/s against a 1 MiB/s limit");
-    assert!((0.8..=1.2).contains(&mib_per_s), "{mib_per_s} MiB/s is not within 20% of 1 MiB/s");
+    assert!(
+        (0.8..=1.2).contains(&mib_per_s),
+        "{mib_per_s} MiB/s is not within 20% of 1 MiB/s"
+    );
     power_off(g);
     let _ = std::fs::remove_file(img);
 }

@@ -26,6 +26,8 @@ pub trait Backend {
     fn resume(&mut self, vm: &Self::Vm);
     /// Points a running guest's drive at another image.
     fn update_drive(&mut self, vm: &Self::Vm, drive_id: &str, path: &str) -> Result<(), String>;
+    /// The per-device metrics groups of a running VM.
+    fn device_metrics(&mut self, vm: &Self::Vm) -> Vec<crate::metrics::DeviceGroup>;
 }
 
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -344,11 +346,15 @@ impl<B: Backend> Controller<B> {
 
     /// Writes a metrics line now.
     pub fn flush_metrics(&mut self) -> Result<(), String> {
+        let devices = match self.vm.as_ref() {
+            Some(vm) => self.backend.device_metrics(vm),
+            None => Vec::new(),
+        };
         let sink = self
             .metrics
             .as_mut()
             .ok_or("metrics are not configured: PUT /metrics first")?;
-        sink.flush(&METRICS)
+        sink.flush(&METRICS, &devices)
             .map_err(|e| format!("cannot write metrics: {e}"))
     }
 
@@ -405,6 +411,9 @@ mod tests {
         fn update_drive(&mut self, _: &(), _: &str, _: &str) -> Result<(), String> {
             self.log.push("update_drive");
             Ok(())
+        }
+        fn device_metrics(&mut self, _: &()) -> Vec<crate::metrics::DeviceGroup> {
+            vec![("block_fake".into(), vec![("read_count", 7)])]
         }
     }
 
@@ -657,6 +666,10 @@ mod tests {
         );
         let line = std::fs::read_to_string(&p).unwrap();
         let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        assert!(
+            v.get("block_fake").is_none(),
+            "no device groups before start"
+        );
         assert!(v["put_api_requests"]["actions_count"].as_u64().unwrap() >= 1);
         std::fs::remove_file(p).unwrap();
         assert_eq!(

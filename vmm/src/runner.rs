@@ -93,6 +93,23 @@ impl RunningVm {
         &self.built.serial
     }
 
+    /// Each virtio device's metrics group: `block_<id>` for drives, `entropy` for the rng.
+    pub fn device_metrics(&self) -> Vec<crate::metrics::DeviceGroup> {
+        self.built
+            .virtio
+            .iter()
+            .map(|(id, t)| {
+                let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let name = if id == "entropy" {
+                    id.clone()
+                } else {
+                    format!("block_{id}")
+                };
+                (name, t.device_metrics())
+            })
+            .collect()
+    }
+
     /// Points drive `id` at another image and tells the guest.
     pub fn update_drive(&self, id: &str, path: &str) -> Result<(), String> {
         let (_, t) = self
@@ -183,6 +200,10 @@ impl Backend for KvmBackend {
     fn update_drive(&mut self, vm: &RunningVm, drive_id: &str, path: &str) -> Result<(), String> {
         vm.update_drive(drive_id, path)
     }
+
+    fn device_metrics(&mut self, vm: &RunningVm) -> Vec<crate::metrics::DeviceGroup> {
+        vm.device_metrics()
+    }
 }
 
 /// The VMM thread's inputs besides the controller.
@@ -247,8 +268,8 @@ pub fn run(ctl: &mut Controller<KvmBackend>, io: &LoopInputs<'_>) -> Result<Outc
             return Err(RunError::Poll(e));
         }
         if n == 0 {
-            if let Some(sink) = ctl.metrics_sink() {
-                if let Err(e) = sink.flush(&METRICS) {
+            if ctl.metrics_sink().is_some() {
+                if let Err(e) = ctl.flush_metrics() {
                     log::warn!("metrics: {e}");
                 }
             }
@@ -286,11 +307,12 @@ pub fn run(ctl: &mut Controller<KvmBackend>, io: &LoopInputs<'_>) -> Result<Outc
             }
         }
     };
+    // The last line, with the devices' final counters, before they go.
+    if ctl.metrics_sink().is_some() {
+        let _ = ctl.flush_metrics();
+    }
     if let Some(vm) = ctl.take_vm() {
         vm.stop();
-    }
-    if let Some(sink) = ctl.metrics_sink() {
-        let _ = sink.flush(&METRICS);
     }
     Ok(outcome)
 }

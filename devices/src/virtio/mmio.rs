@@ -160,6 +160,11 @@ impl MmioTransport {
         self.acked_features
     }
 
+    /// The device's counters.
+    pub fn device_metrics(&self) -> Vec<(&'static str, u64)> {
+        self.device.metrics()
+    }
+
     /// The device, to change its backend (for example a drive's file).
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
@@ -418,14 +423,29 @@ impl QueueEvents {
 
 impl MutEventSubscriber for QueueEvents {
     fn process(&mut self, events: Events, _ops: &mut EventOps<'_>) {
-        let index = events.data() as usize;
-        if let Some(e) = self.evts.get(index) {
-            let _ = e.read();
-        }
-        self.transport
+        let mut t = self
+            .transport
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .process(index);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.data() == TIMER {
+            let _ = self.timer.wait();
+            t.process_all();
+        } else {
+            let index = events.data() as usize;
+            if let Some(e) = self.evts.get(index) {
+                let _ = e.read();
+            }
+            t.process(index);
+        }
+        // A rate limiter ran dry: come back when it has tokens again.
+        if let Some(wait) = t.take_retry() {
+            if let Err(e) = self
+                .timer
+                .reset(wait.max(std::time::Duration::from_micros(100)), None)
+            {
+                log::error!("virtio: cannot arm the rate-limiter timer: {e}");
+            }
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps<'_>) {

@@ -43,6 +43,8 @@ pub trait VirtioDevice: Send {
     fn retry_after(&mut self) -> Option<std::time::Duration> {
         None
     }
+    /// The device's counters, named as Firecracker names them.
+    fn metrics(&self) -> Vec<(&'static str, u64)>;
     /// Points the device at another backing file; only block devices have one.
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err("this device has no backing file".into())

@@ -114,6 +114,15 @@ fn block_reads_and_writes_the_image() {
     let mut q: Queue = mq.create_queue().unwrap();
     assert!(b.process_queue(0, &mut q, &m));
     assert_eq!(used(&mq), vec![(0, 1025), (3, 1)]);
+    let stats = b.metrics();
+    for want in [
+        ("read_count", 1),
+        ("read_bytes", 1024),
+        ("write_count", 1),
+        ("write_bytes", 512),
+    ] {
+        assert!(stats.contains(&want), "{want:?} in {stats:?}");
+    }
     let mut got = [0u8; 1024];
     m.read_slice(&mut got, GuestAddress(DATA + 0x100)).unwrap();
     assert!(got[..512].iter().all(|b| *b == 3) && got[512..].iter().all(|b| *b == 4));
@@ -152,6 +161,8 @@ fn read_only_drives_refuse_writes() {
     let mut q: Queue = mq.create_queue().unwrap();
     b.process_queue(0, &mut q, &m);
     assert_eq!(status_byte(&m, DATA + 0x1000), 1, "IOERR");
+    assert!(b.metrics().contains(&("invalid_reqs_count", 1)));
+    assert!(b.metrics().contains(&("write_count", 0)));
     assert!(
         std::fs::read(&path).unwrap()[..512].iter().all(|b| *b == 0),
         "the image is unchanged"
@@ -450,4 +461,60 @@ fn a_rate_limited_device_puts_requests_back_and_says_when_to_retry() {
     // Still throttled right away: nothing more is served and the request stays queued.
     assert!(!rng.process_queue(0, &mut q, &m));
     assert_eq!(used(&mq).len(), 1);
+}
+
+#[test]
+fn the_device_thread_retries_a_throttled_queue_on_its_timer() {
+    use crate::rate_limiter::{RateLimiter, TokenBucket};
+    use crate::virtio::mmio::QueueEvents;
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+    let m = mem();
+    let now = std::time::Instant::now();
+    let limiter = RateLimiter {
+        bandwidth: Some(TokenBucket::new(
+            4096,
+            0,
+            std::time::Duration::from_millis(200),
+            now,
+        )),
+        ops: None,
+    };
+    let mq = MockSplitQueue::create(&m, GuestAddress(0), 8);
+    let mut t = MmioTransport::new(
+        Box::new(Rng::with_limiter(limiter)),
+        m.clone(),
+        IrqLine::new().unwrap(),
+    )
+    .unwrap();
+    handshake(&mut t, 1);
+    setup_queue(&mut t, &mq, 8);
+    write_reg(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+    for i in 0..3 {
+        add_chain(&mq, i, &[(DATA + u64::from(i) * 0x2000, 4096, true)]);
+    }
+    let kick = t.queue_evts()[0].try_clone().unwrap();
+    let t = Arc::new(Mutex::new(t));
+    let mut em: EventManager<QueueEvents> = EventManager::new().unwrap();
+    em.add_subscriber(QueueEvents::new(t.clone()).unwrap());
+    kick.write(1).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while used(&mq).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "throttled requests were never retried: {:?}",
+            used(&mq)
+        );
+        em.run_with_timeout(50).unwrap();
+    }
+    // Three 4 KiB requests through a 4 KiB / 200 ms bucket: at least 400 ms.
+    assert!(
+        now.elapsed() >= std::time::Duration::from_millis(390),
+        "{:?}",
+        now.elapsed()
+    );
 }

@@ -58,6 +58,19 @@ pub struct Block {
     capacity: u64,
     config: [u8; 24],
     retry: Option<Duration>,
+    stats: BlockStats,
+}
+
+/// Firecracker's per-drive counters.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlockStats {
+    read_count: u64,
+    write_count: u64,
+    flush_count: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+    invalid_reqs_count: u64,
+    rate_limiter_throttled_events: u64,
 }
 
 fn open(path: &Path, read_only: bool) -> std::io::Result<(File, u64)> {
@@ -79,6 +92,7 @@ impl Block {
             capacity,
             config: [0; 24],
             retry: None,
+            stats: BlockStats::default(),
         };
         b.update_config();
         Ok(b)
@@ -109,6 +123,24 @@ impl Block {
             .checked_mul(SECTOR)
             .and_then(|start| start.checked_add(len))
             .is_some_and(|end| end <= self.capacity * SECTOR)
+    }
+
+    fn count(&mut self, req: &request::Request, status: Status) {
+        let bytes: u64 = req.data.iter().map(|d| u64::from(d.len)).sum();
+        let s = &mut self.stats;
+        match (req.kind, status) {
+            (_, Status::IoErr | Status::Unsupported) => s.invalid_reqs_count += 1,
+            (RequestType::In, _) => {
+                s.read_count += 1;
+                s.read_bytes += bytes;
+            }
+            (RequestType::Out, _) => {
+                s.write_count += 1;
+                s.write_bytes += bytes;
+            }
+            (RequestType::Flush, _) => s.flush_count += 1,
+            _ => {}
+        }
     }
 
     /// Serves one parsed request; returns its status and the bytes written to the guest.
@@ -221,6 +253,22 @@ impl VirtioDevice for Block {
         self.retry.take()
     }
 
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        vec![
+            ("read_count", s.read_count),
+            ("write_count", s.write_count),
+            ("flush_count", s.flush_count),
+            ("read_bytes", s.read_bytes),
+            ("write_bytes", s.write_bytes),
+            ("invalid_reqs_count", s.invalid_reqs_count),
+            (
+                "rate_limiter_throttled_events",
+                s.rate_limiter_throttled_events,
+            ),
+        ]
+    }
+
     fn swap_backing(&mut self, path: &Path) -> Result<(), String> {
         self.replace_file(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
@@ -245,10 +293,12 @@ impl VirtioDevice for Block {
                                 // Put the request back; the device thread retries after `wait`.
                                 queue.go_to_previous_position();
                                 self.retry = Some(wait);
+                                self.stats.rate_limiter_throttled_events += 1;
                                 break;
                             }
                         }
                         let (status, written) = self.execute(&req, mem);
+                        self.count(&req, status);
                         if mem.write_obj(status as u8, req.status.addr).is_ok() {
                             written + 1
                         } else {
@@ -256,6 +306,7 @@ impl VirtioDevice for Block {
                         }
                     }
                     Err(RequestError::BadHeader { status }) => {
+                        self.stats.invalid_reqs_count += 1;
                         let _ = mem.write_obj(Status::IoErr as u8, status.addr);
                         1
                     }

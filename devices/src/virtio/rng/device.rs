@@ -19,6 +19,7 @@ pub struct Rng {
     pub bytes_served: u64,
     limiter: Option<RateLimiter>,
     retry: Option<Duration>,
+    throttled: u64,
 }
 
 impl Rng {
@@ -63,6 +64,13 @@ impl VirtioDevice for Rng {
         self.retry.take()
     }
 
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("entropy_bytes", self.bytes_served),
+            ("entropy_rate_limiter_throttled", self.throttled),
+        ]
+    }
+
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
@@ -79,6 +87,7 @@ impl VirtioDevice for Rng {
                 if let Err(wait) = l.admit(want.min(MAX_REQUEST), Instant::now()) {
                     queue.go_to_previous_position();
                     self.retry = Some(wait);
+                    self.throttled += 1;
                     break;
                 }
             }
