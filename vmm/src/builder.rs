@@ -313,9 +313,13 @@ pub fn build(
             .attach(&d.drive_id, Box::new(block), &vm, &mem, &mut bus)
             .map_err(BuildError::Device)?;
     }
-    if cfg.entropy.is_some() {
+    if let Some(e) = &cfg.entropy {
+        let rng = match &e.rate_limiter {
+            Some(r) => Rng::with_limiter(r.build()),
+            None => Rng::new(),
+        };
         virtio
-            .attach("entropy", Box::new(Rng::new()), &vm, &mem, &mut bus)
+            .attach("entropy", Box::new(rng), &vm, &mem, &mut bus)
             .map_err(BuildError::Device)?;
     }
 
