@@ -284,3 +284,111 @@ fn a_1_mib_per_second_disk_limit_holds() {
     power_off(g);
     let _ = std::fs::remove_file(img);
 }
+
+fn host(cmd: &str) {
+    let out = Command::new("bash")
+        .args(["-c", cmd])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_guest_network_reaches_the_host_through_a_tap() {
+    host(
+        "ip tuntap add dev vmtap0 mode tap vnet_hdr && ip addr add 172.30.0.1/24 dev vmtap0 && ip link set vmtap0 up",
+    );
+    let cfg = temp("net.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}"}},
+                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 512}},
+                "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "vmtap0", "guest_mac": "06:00:ac:1e:00:02"}}]}}"#,
+            artifact("GUEST_KERNEL").display(),
+            artifact("GUEST_INITRD").display()
+        ),
+    )
+    .expect("write config");
+    let mut g = Guest::start(&["--config-file", cfg.to_str().expect("utf-8"), "--no-api"]);
+    g.wait_for("GUEST_READY");
+    assert_eq!(
+        g.sh("cat /sys/class/net/eth0/address"),
+        vec!["06:00:ac:1e:00:02".to_string()]
+    );
+    g.sh("ip addr add 172.30.0.2/24 dev eth0; ip link set eth0 up");
+    let ping = g.sh("ping -c 3 -W 5 172.30.0.1 >/dev/null 2>&1; echo rc=$?");
+    assert_eq!(ping, vec!["rc=0".to_string()], "the guest pings the host");
+
+    // 50 MiB guest to host.
+    let recv = temp("recv.bin");
+    let mut listener = Command::new("socat")
+        .args(["-u", "TCP-LISTEN:9000,reuseaddr"])
+        .arg(format!("OPEN:{},creat,trunc", recv.display()))
+        .spawn()
+        .expect("socat listen");
+    let sum =
+        g.sh("dd if=/dev/urandom of=/tmp/up.bin bs=1M count=50 2>/dev/null; sha256sum /tmp/up.bin");
+    let up_sum = sum[0].split_whitespace().next().expect("sum").to_string();
+    g.sh("nc -w 10 172.30.0.1 9000 < /tmp/up.bin; rm /tmp/up.bin");
+    let _ = listener.wait();
+    assert_eq!(
+        sha256_of(&recv),
+        up_sum,
+        "50 MiB from the guest arrive intact"
+    );
+
+    // 50 MiB host to guest.
+    let send = temp("send.bin");
+    host(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=50 2>/dev/null",
+        send.display()
+    ));
+    // The quotes keep the echoed command line from matching the marker.
+    g.send("(nc -l -p 9001 > /tmp/down.bin; echo DOWN''_DONE) &\n");
+    let mut sent = false;
+    for _ in 0..100 {
+        let st = Command::new("socat")
+            .args([
+                "-u",
+                &format!("FILE:{}", send.display()),
+                "TCP:172.30.0.2:9001",
+            ])
+            .status()
+            .expect("socat send");
+        if st.success() {
+            sent = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(sent, "the guest listener was never reached");
+    g.wait_for("DOWN_DONE");
+    let down = g.sh("sha256sum /tmp/down.bin");
+    assert_eq!(
+        down[0].split_whitespace().next().unwrap_or_default(),
+        sha256_of(&send),
+        "50 MiB to the guest arrive intact"
+    );
+    power_off(g);
+    let _ = Command::new("ip").args(["link", "del", "vmtap0"]).status();
+    for p in [cfg, recv, send] {
+        let _ = std::fs::remove_file(p);
+    }
+}

@@ -20,6 +20,7 @@ use arch::kvm::{GicError, GicV3, VcpuInitError, vcpu as kvm_vcpu};
 use arch::layout::{BOOT_TIMER_BASE, DRAM_BASE, LEGACY_DEV_SIZE, RTC_BASE, SERIAL_BASE};
 use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
 use devices::virtio::block::{Block, BlockConfig, CacheType as BlockCache};
+use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::rng::Rng;
 
 use crate::api::model::CacheType;
@@ -310,7 +311,41 @@ pub fn build(
             ))
         })?;
         virtio
-            .attach(&d.drive_id, Box::new(block), &vm, &mem, &mut bus)
+            .attach(
+                &format!("block_{}", d.drive_id),
+                Box::new(block),
+                &vm,
+                &mem,
+                &mut bus,
+            )
+            .map_err(BuildError::Device)?;
+    }
+    for n in &cfg.net {
+        let mac = n
+            .guest_mac
+            .as_deref()
+            .map(crate::api::model::parse_mac)
+            .transpose()
+            .map_err(BuildError::Device)?;
+        let net = Net::new(&NetConfig {
+            id: n.iface_id.clone(),
+            tap: n.host_dev_name.clone(),
+            mac,
+        })
+        .map_err(|e| {
+            BuildError::Device(format!(
+                "network interface {}: cannot open tap {}: {e}",
+                n.iface_id, n.host_dev_name
+            ))
+        })?;
+        virtio
+            .attach(
+                &format!("net_{}", n.iface_id),
+                Box::new(net),
+                &vm,
+                &mem,
+                &mut bus,
+            )
             .map_err(BuildError::Device)?;
     }
     if let Some(e) = &cfg.entropy {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::api::model::{Drive, Entropy};
+use crate::api::model::{Drive, Entropy, NetworkInterface};
 use crate::console::ConsoleConfig;
 
 /// The kernel command line used when none is given.
@@ -66,13 +66,20 @@ pub struct VmConfig {
     pub drives: Vec<Drive>,
     /// The entropy device, if any.
     pub entropy: Option<Entropy>,
+    /// Network interfaces, in attachment order.
+    pub net: Vec<NetworkInterface>,
 }
 
 /// virtio-mmio slots, shared by every virtio device.
 pub const MAX_VIRTIO_DEVICES: usize = arch::layout::VIRTIO_MMIO_SLOTS as usize;
 
-/// Checks a set of drives together: each one, unique ids, one root at most, and the slots.
-pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
+/// Checks the virtio devices together: each one, unique ids and taps, one root drive at most,
+/// and the MMIO slots.
+pub fn validate_devices(
+    drives: &[Drive],
+    net: &[NetworkInterface],
+    entropy: bool,
+) -> Result<(), String> {
     for (i, d) in drives.iter().enumerate() {
         d.validate()?;
         if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
@@ -82,7 +89,28 @@ pub fn validate_drives(drives: &[Drive], entropy: bool) -> Result<(), String> {
     if drives.iter().filter(|d| d.is_root_device).count() > 1 {
         return Err("only one drive can be the root device".into());
     }
-    let devices = drives.len() + usize::from(entropy);
+    for (i, n) in net.iter().enumerate() {
+        n.validate()?;
+        if net[..i].iter().any(|o| o.iface_id == n.iface_id) {
+            return Err(format!("iface_id '{}' is used twice", n.iface_id));
+        }
+        if net[..i].iter().any(|o| o.host_dev_name == n.host_dev_name) {
+            return Err(format!(
+                "tap '{}' is used by two interfaces",
+                n.host_dev_name
+            ));
+        }
+        if let Some(mac) = &n.guest_mac {
+            if net[..i].iter().any(|o| {
+                o.guest_mac
+                    .as_ref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+            }) {
+                return Err(format!("guest_mac {mac} is used twice"));
+            }
+        }
+    }
+    let devices = drives.len() + net.len() + usize::from(entropy);
     if devices > MAX_VIRTIO_DEVICES {
         return Err(format!(
             "{devices} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit in the MMIO slots"
@@ -174,6 +202,7 @@ impl VmConfig {
             boot_timer: false,
             drives: Vec::new(),
             entropy: None,
+            net: Vec::new(),
         }
     }
 
@@ -237,7 +266,6 @@ impl VmConfig {
     pub fn from_firecracker_json(text: &str) -> Result<Self, ConfigError> {
         let fc: FcConfig = serde_json::from_str(text)?;
         for (name, value) in [
-            ("network-interfaces", &fc.network_interfaces),
             ("vsock", &fc.vsock),
             ("balloon", &fc.balloon),
             ("logger", &fc.logger),
@@ -257,10 +285,12 @@ impl VmConfig {
         let mut cfg = Self::new(fc.boot_source.kernel_image_path);
         cfg.drives = fc.drives.unwrap_or_default();
         cfg.entropy = fc.entropy;
+        cfg.net = fc.network_interfaces.unwrap_or_default();
         if let Some(e) = &cfg.entropy {
             e.validate().map_err(ConfigError::Invalid)?;
         }
-        validate_drives(&cfg.drives, cfg.entropy.is_some()).map_err(ConfigError::Invalid)?;
+        validate_devices(&cfg.drives, &cfg.net, cfg.entropy.is_some())
+            .map_err(ConfigError::Invalid)?;
         cfg.initrd = fc.boot_source.initrd_path;
         if let Some(args) = fc.boot_source.boot_args {
             cfg.cmdline = args;
@@ -298,7 +328,7 @@ struct FcConfig {
     machine_config: Option<FcMachineConfig>,
     drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
-    network_interfaces: Option<serde_json::Value>,
+    network_interfaces: Option<Vec<NetworkInterface>>,
     vsock: Option<serde_json::Value>,
     entropy: Option<Entropy>,
     balloon: Option<serde_json::Value>,
@@ -380,14 +410,31 @@ mod tests {
     #[test]
     fn unsupported_sections_are_named() {
         let e = VmConfig::from_firecracker_json(
-            r#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}"#,
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(
-            e,
-            "config file section 'network-interfaces' is not supported yet"
-        );
+        assert_eq!(e, "config file section 'balloon' is not supported yet");
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "01:00:00:00:00:01"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("multicast"), "{e}");
+        for (mac, ok) in [
+            ("06:00:AC:10:00:02", true),
+            ("06:00:ac:10:00", false),
+            ("06:00:ac:10:00:zz", false),
+            ("0600ac100002", false),
+        ] {
+            assert_eq!(crate::api::model::parse_mac(mac).is_ok(), ok, "{mac}");
+        }
+        let e = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tap 'tap0' is used by two interfaces"), "{e}");
         let e = VmConfig::from_firecracker_json(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#,
         )

@@ -8,10 +8,11 @@ use serde_json::json;
 
 use crate::api::model::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, InstanceInfo, InstanceState, LoggerConfig,
-    MachineConfig, MachineConfigPatch, MetricsConfig, VersionInfo, VmStateRequest,
+    MachineConfig, MachineConfigPatch, MetricsConfig, NetworkInterface, VersionInfo,
+    VmStateRequest,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
-use crate::config::{ConfigError, VmConfig, check_drive_file, open_regular_file, validate_drives};
+use crate::config::{ConfigError, VmConfig, check_drive_file, open_regular_file, validate_devices};
 use crate::metrics::{METRICS, MetricsSink};
 
 /// Starts, pauses and resumes VMs.
@@ -167,7 +168,7 @@ impl<B: Backend> Controller<B> {
             "logger": self.logger,
             "metrics": self.metrics.as_ref().map(|m| json!({"metrics_path": m.path()})),
             "drives": self.base.drives,
-            "network-interfaces": [],
+            "network-interfaces": self.base.net,
             "vsock": null,
             "balloon": null,
             "entropy": self.base.entropy,
@@ -212,6 +213,7 @@ impl<B: Backend> Controller<B> {
                         | ApiRequest::PutMetrics(_)
                         | ApiRequest::PutDrive(..)
                         | ApiRequest::PutEntropy(_)
+                        | ApiRequest::PutNet(..)
                 ) =>
             {
                 ApiResponse::bad_request(AFTER_START)
@@ -233,6 +235,7 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PutDrive(id, d) => done(self.put_drive(&id, d)),
             ApiRequest::PatchDrive(id, p) => done(self.patch_drive(&id, p)),
             ApiRequest::PutEntropy(e) => done(self.put_entropy(e)),
+            ApiRequest::PutNet(id, n) => done(self.put_net(&id, n)),
         }
     }
 
@@ -250,7 +253,7 @@ impl<B: Backend> Controller<B> {
             Some(o) => *o = d,
             None => drives.push(d),
         }
-        validate_drives(&drives, self.base.entropy.is_some())?;
+        validate_devices(&drives, &self.base.net, self.base.entropy.is_some())?;
         self.base.drives = drives;
         Ok(())
     }
@@ -285,9 +288,29 @@ impl<B: Backend> Controller<B> {
         Ok(())
     }
 
+    fn put_net(&mut self, id: &str, n: NetworkInterface) -> Result<(), String> {
+        if n.iface_id != id {
+            return Err(format!(
+                "iface_id '{}' in the body differs from '{id}' in the path",
+                n.iface_id
+            ));
+        }
+        n.validate()?;
+        let mut net = self.base.net.clone();
+        match net.iter_mut().find(|o| o.iface_id == id) {
+            Some(o) => *o = n.clone(),
+            None => net.push(n.clone()),
+        }
+        validate_devices(&self.base.drives, &net, self.base.entropy.is_some())?;
+        devices::virtio::net::Tap::open(&n.host_dev_name)
+            .map_err(|e| format!("cannot open tap {}: {e}", n.host_dev_name))?;
+        self.base.net = net;
+        Ok(())
+    }
+
     fn put_entropy(&mut self, e: Entropy) -> Result<(), String> {
         e.validate()?;
-        validate_drives(&self.base.drives, true)?;
+        validate_devices(&self.base.drives, &self.base.net, true)?;
         self.base.entropy = Some(e);
         Ok(())
     }

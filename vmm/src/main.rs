@@ -195,7 +195,8 @@ fn plan_run(a: &RunArgs, p: &ProcessArgs) -> anyhow::Result<Plan> {
     c.drives.clone_from(&a.drive);
     c.entropy = a.entropy.then(vmm::api::model::Entropy::default);
     c.validate()?;
-    vmm::config::validate_drives(&c.drives, c.entropy.is_some()).map_err(anyhow::Error::msg)?;
+    vmm::config::validate_devices(&c.drives, &c.net, c.entropy.is_some())
+        .map_err(anyhow::Error::msg)?;
     Ok(Plan {
         id: p.id.clone(),
         base: c.clone(),

@@ -60,7 +60,7 @@ group!(
     PutApiMetrics {
         actions_count, actions_fails, boot_source_count, boot_source_fails, logger_count, logger_fails,
         machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
-        drive_count, drive_fails, entropy_count, entropy_fails,
+        drive_count, drive_fails, entropy_count, entropy_fails, network_count, network_fails,
     }
 );
 group!(
@@ -143,6 +143,8 @@ impl Metrics {
                 ("put_api_requests", "drive_fails") => Some(&self.put_api_requests.drive_fails),
                 ("put_api_requests", "entropy_count") => Some(&self.put_api_requests.entropy_count),
                 ("put_api_requests", "entropy_fails") => Some(&self.put_api_requests.entropy_fails),
+                ("put_api_requests", "network_count") => Some(&self.put_api_requests.network_count),
+                ("put_api_requests", "network_fails") => Some(&self.put_api_requests.network_fails),
                 ("patch_api_requests", "drive_count") => Some(&self.patch_api_requests.drive_count),
                 ("patch_api_requests", "drive_fails") => Some(&self.patch_api_requests.drive_fails),
                 _ => None,

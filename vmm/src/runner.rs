@@ -93,30 +93,27 @@ impl RunningVm {
         &self.built.serial
     }
 
-    /// Each virtio device's metrics group: `block_<id>` for drives, `entropy` for the rng.
+    /// Each virtio device's metrics group, named by its transport id: `block_<id>`,
+    /// `net_<id>`, `entropy`.
     pub fn device_metrics(&self) -> Vec<crate::metrics::DeviceGroup> {
         self.built
             .virtio
             .iter()
             .map(|(id, t)| {
                 let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let name = if id == "entropy" {
-                    id.clone()
-                } else {
-                    format!("block_{id}")
-                };
-                (name, t.device_metrics())
+                (id.clone(), t.device_metrics())
             })
             .collect()
     }
 
     /// Points drive `id` at another image and tells the guest.
     pub fn update_drive(&self, id: &str, path: &str) -> Result<(), String> {
+        let name = format!("block_{id}");
         let (_, t) = self
             .built
             .virtio
             .iter()
-            .find(|(d, _)| d == id)
+            .find(|(d, _)| *d == name)
             .ok_or(format!("no drive '{id}'"))?;
         t.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

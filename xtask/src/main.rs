@@ -50,6 +50,9 @@ enum Task {
         /// Time limit of each emulated host, in seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Run only the emulated tests whose names contain this (libtest's filter).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Boot one emulated Arm64 KVM host and run COMMAND in it as root.
     Host {
@@ -175,7 +178,11 @@ pub fn host_payload() -> Result<qemu::Payload> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.task {
-        Task::Test { layer, timeout } => {
+        Task::Test {
+            layer,
+            timeout,
+            filter,
+        } => {
             let want = |l: &str| layer.is_empty() || layer.iter().any(|x| x == l);
             let mut failed = false;
             let mut lines = Vec::new();
@@ -190,7 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 lines.push(("cross", t));
             }
             if want("emulated") {
-                let t = layers::emulated(Duration::from_secs(timeout))?;
+                let t = layers::emulated(Duration::from_secs(timeout), filter.as_deref())?;
                 failed |= t.failed > 0 || t.passed == 0;
                 lines.push(("emulated", t));
             }

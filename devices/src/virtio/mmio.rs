@@ -265,6 +265,21 @@ impl MmioTransport {
         }
     }
 
+    /// The device's own descriptors for the device thread to watch.
+    pub fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.device.event_fds()
+    }
+
+    /// Serves readiness of the device's own descriptor `fd`.
+    pub fn process_device_event(&mut self, fd: usize) {
+        if !self.is_activated() {
+            return;
+        }
+        if self.device.process_event(fd, &mut self.queues, &self.mem) {
+            self.raise(INT_VRING);
+        }
+    }
+
     /// Serves every queue (after a rate-limiter timer).
     pub fn process_all(&mut self) {
         for i in 0..self.queues.len() {
@@ -391,6 +406,8 @@ impl MmioDevice for MmioTransport {
 
 /// Event data of the rate-limiter timer.
 const TIMER: u32 = u32::MAX;
+/// Event data of the device's own descriptors start here.
+const DEVICE_FD_BASE: u32 = 0x1000_0000;
 
 /// The device thread's view of a transport: its queue EventFds and a rate-limiter timer, as an
 /// event-manager subscriber.
@@ -430,6 +447,8 @@ impl MutEventSubscriber for QueueEvents {
         if events.data() == TIMER {
             let _ = self.timer.wait();
             t.process_all();
+        } else if events.data() >= DEVICE_FD_BASE {
+            t.process_device_event((events.data() - DEVICE_FD_BASE) as usize);
         } else {
             let index = events.data() as usize;
             if let Some(e) = self.evts.get(index) {
@@ -455,6 +474,21 @@ impl MutEventSubscriber for QueueEvents {
         for (i, e) in self.evts.iter().enumerate() {
             if let Err(err) = ops.add(Events::with_data(e, i as u32, EventSet::IN)) {
                 log::error!("virtio: cannot watch queue {i}: {err:?}");
+            }
+        }
+        let fds = self
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .device_event_fds();
+        for (i, fd) in fds.iter().enumerate() {
+            let ev = Events::with_data_raw(
+                *fd,
+                DEVICE_FD_BASE + i as u32,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            );
+            if let Err(err) = ops.add(ev) {
+                log::error!("virtio: cannot watch device descriptor {i}: {err:?}");
             }
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 #[cfg(test)]
@@ -15,6 +16,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device type IDs (virtio 1.x section 5).
 pub mod device_type {
+    /// Network device.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.
@@ -42,6 +45,14 @@ pub trait VirtioDevice: Send {
     /// before serving the queue again. Taken once.
     fn retry_after(&mut self) -> Option<std::time::Duration> {
         None
+    }
+    /// Host descriptors the device thread also watches (edge-triggered), such as a tap.
+    fn event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+    /// Handles readiness of `event_fds()[fd]`; returns whether buffers were used.
+    fn process_event(&mut self, _fd: usize, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
+        false
     }
     /// The device's counters, named as Firecracker names them.
     fn metrics(&self) -> Vec<(&'static str, u64)>;

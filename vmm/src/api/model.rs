@@ -422,3 +422,83 @@ impl Entropy {
             .map_or(Ok(()), RateLimiterConfig::validate)
     }
 }
+
+/// `PUT /network-interfaces/{iface_id}`, and an entry of the config file's
+/// `network-interfaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// The interface's id.
+    pub iface_id: String,
+    /// The host tap device.
+    pub host_dev_name: String,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Receive rate limiter (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Transmit rate limiter (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Parses a unicast MAC address written as six colon-separated hex bytes.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad =
+        || format!("invalid MAC address '{s}': expected six hex bytes like 06:00:ac:10:00:02");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "invalid MAC address '{s}': a multicast address cannot name a guest NIC"
+        ));
+    }
+    Ok(mac)
+}
+
+impl NetworkInterface {
+    /// Checks id, tap name, MAC and unsupported settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.iface_id.is_empty()
+            || self.iface_id.len() > 64
+            || !self
+                .iface_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "invalid iface_id '{}': use 1 to 64 letters, digits, '-' or '_'",
+                self.iface_id
+            ));
+        }
+        if self.host_dev_name.is_empty()
+            || self.host_dev_name.len() > 15
+            || !self
+                .host_dev_name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Err(format!(
+                "invalid host_dev_name '{}': a Linux interface name of 1 to 15 characters",
+                self.host_dev_name
+            ));
+        }
+        if let Some(m) = &self.guest_mac {
+            parse_mac(m)?;
+        }
+        if self.rx_rate_limiter.is_some() || self.tx_rate_limiter.is_some() {
+            return Err("network rate limiters are not supported yet".into());
+        }
+        Ok(())
+    }
+}

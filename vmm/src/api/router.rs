@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
-    MachineConfigPatch, MetricsConfig, VmPatch,
+    MachineConfigPatch, MetricsConfig, NetworkInterface, VmPatch,
 };
 
 /// Largest request body accepted (Firecracker's limit).
@@ -28,17 +28,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/drives/{drive_id}", "PUT"),
     ("/drives/{drive_id}", "PATCH"),
     ("/entropy", "PUT"),
+    ("/network-interfaces/{iface_id}", "PUT"),
 ];
 
 /// Firecracker resources that later work brings; until then they get a 400 that says so.
-pub const NOT_YET: &[&str] = &[
-    "/network-interfaces",
-    "/vsock",
-    "/snapshot",
-    "/cpu-config",
-    "/balloon",
-    "/mmds",
-];
+pub const NOT_YET: &[&str] = &["/vsock", "/snapshot", "/cpu-config", "/balloon", "/mmds"];
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +65,8 @@ pub enum ApiRequest {
     PatchDrive(String, DrivePatch),
     /// `PUT /entropy`.
     PutEntropy(Entropy),
+    /// `PUT /network-interfaces/{iface_id}`.
+    PutNet(String, NetworkInterface),
 }
 
 impl ApiRequest {
@@ -91,6 +87,7 @@ impl ApiRequest {
             Self::PutDrive(..) => ("put_api_requests", "drive_count"),
             Self::PatchDrive(..) => ("patch_api_requests", "drive_count"),
             Self::PutEntropy(_) => ("put_api_requests", "entropy_count"),
+            Self::PutNet(..) => ("put_api_requests", "network_count"),
         }
     }
 }
@@ -154,6 +151,12 @@ fn drive_id(path: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// The id in `/network-interfaces/{iface_id}`.
+fn iface_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/network-interfaces/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// Parses one request.
 pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResponse> {
     if raw.len() > MAX_BODY {
@@ -176,6 +179,9 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("PUT", "/logger") => ApiRequest::PutLogger(body(raw)?),
         ("PUT", "/metrics") => ApiRequest::PutMetrics(body(raw)?),
         ("PUT", "/entropy") => ApiRequest::PutEntropy(body(raw)?),
+        ("PUT", p) if iface_id(p).is_some() => {
+            ApiRequest::PutNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
+        }
         ("PUT" | "PATCH", p) if drive_id(p).is_some() => {
             let id = drive_id(p).unwrap_or_default().to_string();
             if method == "PUT" {
@@ -195,6 +201,8 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
             }
             let template = if drive_id(path).is_some() {
                 "/drives/{drive_id}"
+            } else if iface_id(path).is_some() {
+                "/network-interfaces/{iface_id}"
             } else {
                 path
             };
@@ -365,6 +373,7 @@ mod tests {
             r#"{"metrics_path": "/m"}"#,
             r#"{"drive_id": "d", "path_on_host": "/p", "is_root_device": false}"#,
             r#"{"drive_id": "d", "path_on_host": "/p"}"#,
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
             r#"{}"#,
         ];
         for (path, method) in ROUTES {
