@@ -135,7 +135,27 @@ fn config_file_errors_name_the_problem() {
     );
     assert_refused(
         &["--config-file", &net, "--no-api"],
-        "section 'network-interfaces' is not supported yet",
+        "missing field `host_dev_name`",
+    );
+    let vsock = temp(
+        "vsock.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v"}}}}"#)
+            .as_bytes(),
+    );
+    assert_refused(
+        &["--config-file", &vsock, "--no-api"],
+        "section 'vsock' is not supported yet",
+    );
+    let mac = temp(
+        "mac.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz:00:00:00:00:01"}}]}}"#
+        )
+        .as_bytes(),
+    );
+    assert_refused(
+        &["--config-file", &mac, "--no-api"],
+        "invalid MAC address 'zz:00:00:00:00:01'",
     );
     let drive = temp(
         "drive.json",
