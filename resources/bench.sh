@@ -71,3 +71,65 @@ for run in $(seq "$runs"); do
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
 done
+
+# Block I/O: the same 64 MiB raw image behind vmm's virtio-blk and QEMU's virtio-blk-device
+# (both virtio-mmio). The guest times a 32 MiB sequential write (with fsync) and read (after
+# dropping caches) on its own clock; the VMM's CPU time comes from /proc/PID/stat.
+disk=/tmp/bench-disk.img
+dd if=/dev/zero of="$disk" bs=1M count=64 2>/dev/null
+
+# cpu_ticks PID: user + system clock ticks of a process.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# guest_run IN OUT CMD: runs CMD in the guest and prints its output lines between markers.
+guest_run() {
+    local in=$1 out=$2 line
+    printf 'echo @@B''EGIN; %s; echo @@E''ND\n' "$3" >&"$in"
+    local inside=0
+    while IFS= read -r -t 900 line <&"$out"; do
+        line=${line%$'\r'}
+        case "$line" in
+            @@BEGIN) inside=1 ;;
+            @@END) return 0 ;;
+            *) [ "$inside" = 1 ] && printf '%s\n' "$line" ;;
+        esac
+    done
+    return 1
+}
+
+blk() {
+    local name=$1 run=$2
+    shift 2
+    coproc B { exec "$@" 2>/dev/null; }
+    local pid=$B_PID in=${B[1]} out=${B[0]} line
+    while IFS= read -r -t 900 line <&"$out"; do
+        case "$line" in *GUEST_READY*) break ;; esac
+    done
+    local c0 w r c1
+    c0=$(cpu_ticks "$pid")
+    w=$(guest_run "$in" "$out" "dmesg -n 1; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
+    r=$(guest_run "$in" "$out" "echo 3 > /proc/sys/vm/drop_caches; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M count=32 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
+    c1=$(cpu_ticks "$pid")
+    printf 'poweroff -f\n' >&"$in"
+    while IFS= read -r -t 900 line <&"$out"; do :; done
+    wait "$pid"
+    local rc=$? hz
+    hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+    awk -v w="$w" -v r="$r" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
+        split(w, a, " "); split(r, b, " ");
+        ws = a[2] - a[1]; rs = b[2] - b[1];
+        if (ws <= 0) ws = 0.01; if (rs <= 0) rs = 0.01;
+        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n",
+            n, run, 32 / ws, 32 / rs, c * 1000 / hz / 64, rc }'
+}
+
+for run in $(seq "$runs"); do
+    blk blk-vmm "$run" vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 \
+        --cmdline "console=ttyS0 $cmdline" --drive "id=bench,path=$disk,cache=writeback"
+    if command -v qemu-system-aarch64 >/dev/null; then
+        blk blk-qemu "$run" qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
+            -nodefaults -no-reboot -display none -serial stdio \
+            -drive "file=$disk,if=none,id=d0,format=raw,cache=writeback" -device virtio-blk-device,drive=d0 \
+            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
+    fi
+done

@@ -199,6 +199,40 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         fmt(api_thread_kib, 1.0, "KiB")
     );
 
+    let blk = |who: &str, key: &str| get(&s, who, key);
+    let (wv, wq) = (
+        blk("blk-vmm", "write_mib_s"),
+        blk("blk-qemu", "write_mib_s"),
+    );
+    let (rv, rq) = (blk("blk-vmm", "read_mib_s"), blk("blk-qemu", "read_mib_s"));
+    let (cv, cq) = (
+        blk("blk-vmm", "cpu_ms_per_mib"),
+        blk("blk-qemu", "cpu_ms_per_mib"),
+    );
+    println!(
+        "\nblock: 32 MiB sequential write (fsync) and read on a 64 MiB raw image, virtio-blk over virtio-mmio"
+    );
+    println!("| metric | vmm | QEMU | vmm/QEMU | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| write MiB/s | {} | {} | {} | >= QEMU |",
+        fmt(wv, 1.0, ""),
+        fmt(wq, 1.0, ""),
+        ratio((wv, wq))
+    );
+    println!(
+        "| read MiB/s | {} | {} | {} | >= QEMU |",
+        fmt(rv, 1.0, ""),
+        fmt(rq, 1.0, ""),
+        ratio((rv, rq))
+    );
+    println!(
+        "| VMM CPU ms per MiB moved | {} | {} | {} | |",
+        fmt(cv, 1.0, ""),
+        fmt(cq, 1.0, ""),
+        ratio((cv, cq))
+    );
+
     let dir = crate::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
@@ -207,6 +241,8 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         "median": {
             "vmm": {"ready_us": ready.0, "setup_us": setup, "boot_timer_us": boot, "overhead_kib": overhead.0, "setup_share": share},
             "qemu": {"ready_us": ready.1, "overhead_kib": overhead.1},
+            "block": {"vmm": {"write_mib_s": wv, "read_mib_s": rv, "cpu_ms_per_mib": cv},
+                      "qemu": {"write_mib_s": wq, "read_mib_s": rq, "cpu_ms_per_mib": cq}},
             "vmm-api": {"api_ready_us": api_ready, "api_ready_share": api_share, "get_p50_us": p50, "get_p99_us": p99,
                         "overhead_kib": api_overhead, "api_thread_kib": api_thread_kib},
         },
@@ -225,6 +261,12 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
     }
     if api_share.is_none_or(|v| v > SETUP_SHARE_TARGET) {
         missed.push("API ready later than 10% of boot");
+    }
+    if wv.zip(wq).is_some_and(|(v, q)| v < q) {
+        missed.push("block writes slower than QEMU");
+    }
+    if rv.zip(rq).is_some_and(|(v, q)| v < q) {
+        missed.push("block reads slower than QEMU");
     }
     if api_overhead.is_none_or(|o| o > OVERHEAD_TARGET_KIB) {
         missed.push("memory overhead with the API above 5 MiB");
