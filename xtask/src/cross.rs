@@ -86,3 +86,13 @@ pub fn build_api_load() -> Result<PathBuf> {
         .map(|(_, p, _)| p)
         .context("cargo built no api-load binary")
 }
+
+/// Builds the aarch64 `vmm` binary optimized, as users run it (for benchmarks).
+pub fn build_vmm_release() -> Result<PathBuf> {
+    eprintln!("xtask: building vmm --release for {}", target());
+    cargo_executables(&["build", "--release", "--package", "vmm", "--bin", "vmm"])?
+        .into_iter()
+        .find(|(n, _, test)| n == "vmm" && !test)
+        .map(|(_, p, _)| p)
+        .context("cargo built no release vmm binary")
+}
