@@ -389,21 +389,27 @@ pub struct Entropy {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// Device ids (drive_id, iface_id) are 1 to 64 letters, digits, '-' or '_': they end up in
+/// URL paths, metric names and the drive serial.
+fn check_device_id(field: &str, id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {field} '{id}': use 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
 impl Drive {
     /// Checks what can be checked without the file: id, unsupported settings.
     pub fn validate(&self) -> Result<(), String> {
-        if self.drive_id.is_empty()
-            || self.drive_id.len() > 64
-            || !self
-                .drive_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "invalid drive_id '{}': use 1 to 64 letters, digits, '-' or '_'",
-                self.drive_id
-            ));
-        }
+        check_device_id("drive_id", &self.drive_id)?;
         if let Some(r) = &self.rate_limiter {
             r.validate()?;
         }
@@ -469,18 +475,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 impl NetworkInterface {
     /// Checks id, tap name, MAC and unsupported settings.
     pub fn validate(&self) -> Result<(), String> {
-        if self.iface_id.is_empty()
-            || self.iface_id.len() > 64
-            || !self
-                .iface_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "invalid iface_id '{}': use 1 to 64 letters, digits, '-' or '_'",
-                self.iface_id
-            ));
-        }
+        check_device_id("iface_id", &self.iface_id)?;
         if self.host_dev_name.is_empty()
             || self.host_dev_name.len() > 15
             || !self
