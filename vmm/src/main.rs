@@ -331,26 +331,22 @@ fn main() -> ExitCode {
             );
         }
         Some(Command::BootSource(a)) => {
-            let body = serde_json::json!({
-                "kernel_image_path": a.kernel,
-                "initrd_path": a.initrd,
-                "boot_args": a.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
-            });
-            let body = serde_json::Value::Object(
-                body.as_object()
-                    .map(|o| {
-                        o.iter()
-                            .filter(|(_, v)| !v.is_null())
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            );
+            // The API's own model, which leaves out an absent initrd.
+            let body = serde_json::to_string(&vmm::api::model::BootSource {
+                kernel_image_path: a.kernel.display().to_string(),
+                boot_args: Some(
+                    a.cmdline
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+                ),
+                initrd_path: a.initrd.as_ref().map(|p| p.display().to_string()),
+            })
+            .unwrap_or_default();
             return client(
                 &a.client,
                 "PUT",
                 "/boot-source",
-                Some(body.to_string()),
+                Some(body),
                 "boot source set",
             );
         }
