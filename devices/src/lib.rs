@@ -1,10 +1,11 @@
 //! Device models with no KVM dependency: the MMIO bus they sit on, interrupt lines, and the
-//! legacy devices (16550 serial, PL031 RTC, boot timer). virtio devices come next.
+//! legacy devices (16550 serial, PL031 RTC, boot timer), and the virtio devices.
 
 pub mod bus;
 pub mod irq;
 pub mod legacy;
 pub mod rate_limiter;
+pub mod unix_socket;
 pub mod virtio;
 
 pub use bus::{MmioBus, MmioDevice};

@@ -4,6 +4,7 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
 }
 
 /// A virtio device behind the transport. The transport owns the queues and the feature and

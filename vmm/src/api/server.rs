@@ -108,19 +108,11 @@ impl ApiSender {
 
 /// Binds the socket. A stale socket (nobody accepting) is replaced; a live one is refused.
 pub fn bind(path: &Path) -> Result<StdListener, ServerError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(ServerError::NotASocket(path.to_path_buf()));
-        }
-        if StdStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.to_path_buf()));
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    StdListener::bind(path).map_err(|source| ServerError::Io {
-        path: path.to_path_buf(),
-        source,
+    use devices::unix_socket::{self, BindError};
+    unix_socket::bind(path).map_err(|e| match e {
+        BindError::InUse(p) => ServerError::InUse(p),
+        BindError::NotASocket(p) => ServerError::NotASocket(p),
+        BindError::Io { path, source } => ServerError::Io { path, source },
     })
 }
 

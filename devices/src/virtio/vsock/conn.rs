@@ -1,0 +1,309 @@
+//! One hybrid-vsock connection: a host Unix stream paired with a guest stream socket, with
+//! virtio-vsock's credit-based flow control in both directions.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+
+use super::packet::{HOST_CID, Header, TYPE_STREAM, op};
+
+/// The receive buffer this end advertises for each connection: bytes from the guest that
+/// may wait here for the host process.
+pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Send a credit update once this many bytes were consumed without the guest being told.
+const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC / 4;
+
+/// Where a connection is in its life.
+#[derive(Debug, PartialEq, Eq)]
+pub enum State {
+    /// A host process connected and has not finished its `CONNECT <port>` line.
+    Handshake(Vec<u8>),
+    /// The guest was asked to accept (a REQUEST is due or sent).
+    Requested,
+    /// Data flows.
+    Established,
+}
+
+/// Control packets owed to the guest.
+pub mod due {
+    /// Ask the guest to accept.
+    pub const REQUEST: u8 = 1;
+    /// Accept the guest's request.
+    pub const RESPONSE: u8 = 2;
+    /// Tell the guest how much it may send.
+    pub const CREDIT_UPDATE: u8 = 4;
+    /// Ask the guest for its credit.
+    pub const CREDIT_REQUEST: u8 = 8;
+    /// The host will send no more.
+    pub const SHUTDOWN: u8 = 16;
+    /// Reset, then forget the connection.
+    pub const RST: u8 = 32;
+}
+
+/// What reading the host stream gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes.
+    Data(usize),
+    /// Nothing now.
+    WouldBlock,
+    /// The host process will send no more.
+    Eof,
+}
+
+/// A connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The host side.
+    pub stream: UnixStream,
+    /// The host-side port.
+    pub local_port: u32,
+    /// The guest-side port.
+    pub peer_port: u32,
+    /// Its state.
+    pub state: State,
+    /// Control packets owed to the guest (`due::*`).
+    pub due: u8,
+    /// The host stream may have bytes to read.
+    pub readable: bool,
+    /// The host stream reached end of file.
+    pub host_eof: bool,
+    /// The guest will send no more; the host stream's write side is shut once drained.
+    pub guest_shut_send: bool,
+    /// The guest will receive no more.
+    pub guest_shut_rcv: bool,
+    /// Bytes read with the handshake line that belong to the stream.
+    early: Vec<u8>,
+    /// Guest bytes not yet written to the host stream.
+    pending: Vec<u8>,
+    /// Bytes of `pending` already written.
+    pending_off: usize,
+    /// Guest bytes written to the host stream, ever (wrapping).
+    fwd_cnt: u32,
+    /// `fwd_cnt` as last told to the guest.
+    fwd_told: u32,
+    /// Bytes sent to the guest, ever (wrapping).
+    tx_cnt: u32,
+    /// The guest's receive buffer.
+    peer_buf_alloc: u32,
+    /// Bytes the guest has consumed, ever (wrapping).
+    peer_fwd_cnt: u32,
+    /// The host write side has been shut.
+    write_shut: bool,
+}
+
+impl Conn {
+    /// A connection in `state`.
+    pub fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: State) -> Self {
+        Self {
+            stream,
+            local_port,
+            peer_port,
+            state,
+            due: 0,
+            readable: true,
+            host_eof: false,
+            guest_shut_send: false,
+            guest_shut_rcv: false,
+            early: Vec::new(),
+            pending: Vec::new(),
+            pending_off: 0,
+            fwd_cnt: 0,
+            fwd_told: 0,
+            tx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            write_shut: false,
+        }
+    }
+
+    /// A header for a packet of this connection, telling the guest our credit.
+    pub fn header(&mut self, guest_cid: u64, op: u16, len: u32, flags: u32) -> Header {
+        self.fwd_told = self.fwd_cnt;
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: guest_cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            len,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: self.fwd_cnt,
+        }
+    }
+
+    /// Takes the guest's credit from one of its headers.
+    pub fn peer_credit(&mut self, h: &Header) {
+        self.peer_buf_alloc = h.buf_alloc;
+        self.peer_fwd_cnt = h.fwd_cnt;
+    }
+
+    /// How many bytes the guest can take now.
+    pub fn credit(&self) -> u32 {
+        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Whether data could go to the guest now (given receive buffers).
+    pub fn wants_rx(&self) -> bool {
+        self.state == State::Established
+            && !self.guest_shut_rcv
+            && !self.host_eof
+            && (self.readable || !self.early.is_empty())
+            && self.credit() > 0
+    }
+
+    /// Reads at most `buf.len()` bytes (and at most the guest's credit) from the host stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<ReadOutcome> {
+        let max = buf.len().min(self.credit() as usize);
+        if max == 0 {
+            return Ok(ReadOutcome::WouldBlock);
+        }
+        let n = if self.early.is_empty() {
+            match self.stream.read(&mut buf[..max]) {
+                Ok(0) => {
+                    self.host_eof = true;
+                    self.due |= due::SHUTDOWN;
+                    return Ok(ReadOutcome::Eof);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(ReadOutcome::WouldBlock);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(ReadOutcome::WouldBlock),
+                Err(e) => return Err(e),
+            }
+        } else {
+            let n = max.min(self.early.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            n
+        };
+        self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
+        if self.credit() == 0 {
+            self.due |= due::CREDIT_REQUEST;
+        }
+        Ok(ReadOutcome::Data(n))
+    }
+
+    /// Takes data from the guest. Refuses data beyond the credit this end gave.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        let waiting = self.pending.len() - self.pending_off;
+        if waiting + data.len() > BUF_ALLOC as usize {
+            return Err(format!(
+                "the guest sent {} bytes beyond its credit",
+                waiting + data.len() - BUF_ALLOC as usize
+            ));
+        }
+        if self.guest_shut_send {
+            return Err("the guest sent data after shutting down sending".into());
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Writes waiting guest bytes to the host stream until it would block; then, if the
+    /// guest has shut its sending side, shuts the stream's write side.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        while self.pending_off < self.pending.len() {
+            match self.stream.write(&self.pending[self.pending_off..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.pending_off += n;
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.pending_off == self.pending.len() {
+            self.pending.clear();
+            self.pending_off = 0;
+            if self.guest_shut_send && !self.write_shut {
+                self.write_shut = true;
+                let _ = self.stream.shutdown(std::net::Shutdown::Write);
+            }
+        } else if self.pending_off > BUF_ALLOC as usize {
+            self.pending.drain(..self.pending_off);
+            self.pending_off = 0;
+        }
+        if self.fwd_cnt.wrapping_sub(self.fwd_told) >= CREDIT_UPDATE_AFTER {
+            self.due |= due::CREDIT_UPDATE;
+        }
+        Ok(())
+    }
+
+    /// Whether every guest byte reached the host stream.
+    pub fn drained(&self) -> bool {
+        self.pending_off == self.pending.len()
+    }
+
+    /// Feeds the handshake: reads what is there (at most a line's worth). Returns the port
+    /// once the line is complete; bytes after it are kept for the guest.
+    pub fn handshake(&mut self) -> Result<Option<u32>, String> {
+        let State::Handshake(line) = &mut self.state else {
+            return Ok(None);
+        };
+        let mut buf = [0u8; super::packet::MAX_CONNECT_LINE];
+        loop {
+            let room = buf.len() - line.len().min(buf.len());
+            if room == 0 {
+                break;
+            }
+            match self.stream.read(&mut buf[..room]) {
+                Ok(0) => return Err("the host process closed before CONNECT".into()),
+                Ok(n) => {
+                    line.extend_from_slice(&buf[..n]);
+                    if buf[..n].contains(&b'\n') {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        match super::packet::parse_connect_line(line) {
+            Ok(Some((port, used))) => {
+                let rest = line[used..].to_vec();
+                self.early = rest;
+                self.state = State::Requested;
+                self.due |= due::REQUEST;
+                Ok(Some(port))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The guest accepted: tell the host process which port it got.
+    pub fn established(&mut self) -> std::io::Result<()> {
+        self.state = State::Established;
+        let line = format!("OK {}\n", self.local_port);
+        // A fresh socket has room for a line; a full one means the peer misbehaves.
+        match self.stream.write(line.as_bytes()) {
+            Ok(n) if n == line.len() => Ok(()),
+            Ok(_) => Err(ErrorKind::WriteZero.into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A reply to a packet with no connection: reset.
+    pub fn rst_for(h: &Header) -> Header {
+        Header {
+            src_cid: h.dst_cid,
+            dst_cid: h.src_cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            kind: TYPE_STREAM,
+            op: op::RST,
+            ..Header::default()
+        }
+    }
+}

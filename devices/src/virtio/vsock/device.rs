@@ -1,0 +1,643 @@
+//! The vsock device with Firecracker's hybrid backend: guest streams become Unix streams.
+//! - A host process connects to `uds_path`, sends `CONNECT <port>\n`, and once the guest's
+//!   listener on `port` accepts, receives `OK <hostport>\n` and then the stream.
+//! - A guest connecting to host port P reaches the Unix socket `<uds_path>_P`.
+//!
+//! The listener, every connection and a wake-up EventFd sit in the device's own epoll (edge
+//! triggered), and that epoll is the one descriptor the device thread watches for it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::conn::{Conn, ReadOutcome, State, due};
+use super::packet::{
+    HDR_LEN, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op, parse_guest_packet,
+};
+use crate::virtio::{
+    VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
+};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// The most connections at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Resets owed for packets of unknown connections; more are dropped.
+const MAX_STRAY_RESETS: usize = 256;
+/// Host ports handed to host-initiated connections start here.
+const FIRST_HOST_PORT: u32 = 1 << 30;
+/// Payload bytes per packet to the guest.
+const RX_CHUNK: usize = 64 * 1024;
+
+const TOKEN_LISTENER: u64 = 0;
+const TOKEN_WAKE: u64 = 1;
+const FIRST_CONN_TOKEN: u64 = 2;
+
+/// How to build a vsock device.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// The Unix socket host processes connect to.
+    pub uds_path: PathBuf,
+}
+
+/// Why a vsock device cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The socket path cannot be bound.
+    #[error("vsock uds_path: {0}")]
+    Bind(#[from] crate::unix_socket::BindError),
+    /// epoll or eventfd failed.
+    #[error("vsock: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A virtio-vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    wake: EventFd,
+    conns: BTreeMap<u64, Conn>,
+    by_ports: HashMap<(u32, u32), u64>,
+    next_token: u64,
+    next_port: u32,
+    last_served: u64,
+    stray_resets: VecDeque<Header>,
+    scratch: Vec<u8>,
+    stats: Stats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    conns_added: u64,
+    conns_removed: u64,
+    conns_killed: u64,
+    rx_fails: u64,
+    tx_fails: u64,
+}
+
+impl Vsock {
+    /// Binds `uds_path` (a stale socket file is replaced; a live one is refused).
+    pub fn new(cfg: &VsockConfig) -> Result<Self, VsockError> {
+        let listener = crate::unix_socket::bind(&cfg.uds_path)?;
+        listener.set_nonblocking(true)?;
+        let epoll = Epoll::new()?;
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        let et = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(et, TOKEN_LISTENER),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(et, TOKEN_WAKE),
+        )?;
+        Ok(Self {
+            cid: cfg.guest_cid,
+            uds_path: cfg.uds_path.clone(),
+            listener,
+            epoll,
+            wake,
+            conns: BTreeMap::new(),
+            by_ports: HashMap::new(),
+            next_token: FIRST_CONN_TOKEN,
+            next_port: FIRST_HOST_PORT,
+            last_served: 0,
+            stray_resets: VecDeque::new(),
+            scratch: vec![0; HDR_LEN + RX_CHUNK],
+            stats: Stats::default(),
+        })
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn add_conn(&mut self, conn: Conn) -> std::io::Result<u64> {
+        let token = self.next_token;
+        self.next_token += 1;
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            conn.stream.as_raw_fd(),
+            EpollEvent::new(events, token),
+        )?;
+        if !matches!(conn.state, State::Handshake(_)) {
+            self.by_ports
+                .insert((conn.local_port, conn.peer_port), token);
+        }
+        self.conns.insert(token, conn);
+        self.stats.conns_added += 1;
+        Ok(token)
+    }
+
+    fn remove(&mut self, token: u64) {
+        if let Some(c) = self.conns.remove(&token) {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            if self.by_ports.get(&(c.local_port, c.peer_port)) == Some(&token) {
+                self.by_ports.remove(&(c.local_port, c.peer_port));
+            }
+            self.stats.conns_removed += 1;
+        }
+    }
+
+    /// Resets a connection: the RST goes out with the next receive buffer, then it is gone.
+    fn kill(&mut self, token: u64, why: &str) {
+        log::debug!("vsock: resetting a connection: {why}");
+        self.stats.conns_killed += 1;
+        match self.conns.get_mut(&token) {
+            Some(c) if !matches!(c.state, State::Handshake(_)) => c.due = due::RST,
+            _ => self.remove(token),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing another");
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let conn = Conn::new(stream, 0, 0, State::Handshake(Vec::new()));
+                    if let Err(e) = self.add_conn(conn) {
+                        log::warn!("vsock: cannot watch a connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn free_host_port(&mut self) -> u32 {
+        loop {
+            let p = self.next_port;
+            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            if !self.by_ports.keys().any(|(local, _)| *local == p) {
+                return p;
+            }
+        }
+    }
+
+    /// Reads the device's epoll until it is empty and acts on what it reports.
+    fn poll(&mut self) {
+        let mut events = [EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("vsock: epoll_wait: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_LISTENER => self.accept(),
+                    TOKEN_WAKE => {
+                        let _ = self.wake.read();
+                    }
+                    token => self.conn_event(token, ev.event_set()),
+                }
+            }
+            // Until empty: a connection accepted above may report at once.
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    fn conn_event(&mut self, token: u64, set: EventSet) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if set
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        {
+            c.readable = true;
+        }
+        if matches!(c.state, State::Handshake(_)) {
+            match c.handshake() {
+                Ok(Some(port)) => {
+                    let local = self.free_host_port();
+                    if let Some(c) = self.conns.get_mut(&token) {
+                        c.local_port = local;
+                        c.peer_port = port;
+                    }
+                    self.by_ports.insert((local, port), token);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::debug!("vsock: host handshake refused: {e}");
+                    self.remove(token);
+                }
+            }
+            return;
+        }
+        if set.contains(EventSet::OUT) || !c.drained() {
+            match c.flush() {
+                Ok(()) => self.after_flush(token),
+                Err(e) => self.kill(token, &format!("writing to the host: {e}")),
+            }
+        }
+    }
+
+    /// A connection whose guest side has closed is reset once its bytes reached the host.
+    fn after_flush(&mut self, token: u64) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            if c.guest_shut_send && c.guest_shut_rcv && c.drained() {
+                c.due |= due::RST;
+            }
+        }
+    }
+
+    /// Connects a guest's request for host port `port` to `<uds_path>_<port>`, without
+    /// blocking: a listener with a full backlog counts as refusing.
+    fn connect_host(&self, port: u32) -> std::io::Result<UnixStream> {
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{port}"));
+        connect_nonblocking(Path::new(&path))
+    }
+
+    fn handle_tx_packet(&mut self, h: Header, payload: &[u8]) {
+        if h.kind != TYPE_STREAM {
+            self.stray_reset(&h);
+            return;
+        }
+        let Some(&token) = self.by_ports.get(&(h.dst_port, h.src_port)) else {
+            match h.op {
+                op::REQUEST => self.guest_connect(&h),
+                op::RST => {}
+                _ => self.stray_reset(&h),
+            }
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        c.peer_credit(&h);
+        let outcome: Result<(), String> = match h.op {
+            op::RST => {
+                self.remove(token);
+                return;
+            }
+            op::RESPONSE if c.state == State::Requested => c
+                .established()
+                .map_err(|e| format!("telling the host process: {e}")),
+            op::RW if c.state == State::Established => {
+                self.stats.tx_bytes += payload.len() as u64;
+                c.push(payload)
+                    .and_then(|()| c.flush().map_err(|e| format!("writing to the host: {e}")))
+            }
+            op::SHUTDOWN => {
+                c.guest_shut_rcv |= h.flags & SHUTDOWN_RCV != 0;
+                c.guest_shut_send |= h.flags & SHUTDOWN_SEND != 0;
+                c.flush().map_err(|e| format!("writing to the host: {e}"))
+            }
+            op::CREDIT_UPDATE => Ok(()),
+            op::CREDIT_REQUEST => {
+                c.due |= due::CREDIT_UPDATE;
+                Ok(())
+            }
+            other => Err(format!("unexpected op {other} in state {:?}", c.state)),
+        };
+        match outcome {
+            Ok(()) => self.after_flush(token),
+            Err(e) => self.kill(token, &e),
+        }
+    }
+
+    fn guest_connect(&mut self, h: &Header) {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.stray_reset(h);
+            return;
+        }
+        match self.connect_host(h.dst_port) {
+            Ok(stream) => {
+                let mut c = Conn::new(stream, h.dst_port, h.src_port, State::Established);
+                c.peer_credit(h);
+                c.due = due::RESPONSE;
+                if self.add_conn(c).is_err() {
+                    self.stray_reset(h);
+                }
+            }
+            Err(e) => {
+                log::debug!("vsock: guest connect to host port {}: {e}", h.dst_port);
+                self.stray_reset(h);
+            }
+        }
+    }
+
+    fn stray_reset(&mut self, h: &Header) {
+        if self.stray_resets.len() < MAX_STRAY_RESETS {
+            self.stray_resets.push_back(Conn::rst_for(h));
+        }
+    }
+
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        let mut packet = Vec::new();
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            packet.clear();
+            let read = descriptors(chain, (HDR_LEN as u64) + u64::from(MAX_PAYLOAD)).map(|descs| {
+                for d in descs.iter().filter(|d| !d.write) {
+                    let start = packet.len();
+                    packet.resize(start + d.len as usize, 0);
+                    if mem.read_slice(&mut packet[start..], d.addr).is_err() {
+                        return false;
+                    }
+                }
+                true
+            });
+            match read {
+                Ok(true) => match parse_guest_packet(&packet, self.cid) {
+                    Ok((h, payload)) => {
+                        self.stats.tx_packets += 1;
+                        let payload = payload.to_vec();
+                        self.handle_tx_packet(h, &payload);
+                    }
+                    Err(e) => {
+                        log::debug!("vsock: dropped a guest packet: {e}");
+                        self.stats.tx_fails += 1;
+                    }
+                },
+                _ => self.stats.tx_fails += 1,
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// The next packet for the guest: stray resets, then control packets, then data, taking
+    /// connections in turn.
+    fn next_token_with_work(&self) -> Option<u64> {
+        let after = self.conns.range(self.last_served + 1..);
+        let before = self.conns.range(..=self.last_served);
+        after
+            .chain(before)
+            .find(|(_, c)| c.due != 0 || c.wants_rx())
+            .map(|(t, _)| *t)
+    }
+
+    fn has_rx_work(&self) -> bool {
+        !self.stray_resets.is_empty() || self.next_token_with_work().is_some()
+    }
+
+    /// Builds the next packet into `self.scratch`; returns its length, or None if nothing is
+    /// left to send.
+    fn next_rx_packet(&mut self, room: usize) -> Option<usize> {
+        if let Some(h) = self.stray_resets.pop_front() {
+            self.scratch[..HDR_LEN].copy_from_slice(&h.to_bytes());
+            return Some(HDR_LEN);
+        }
+        loop {
+            let token = self.next_token_with_work()?;
+            self.last_served = token;
+            let cid = self.cid;
+            let c = self.conns.get_mut(&token)?;
+            if c.due != 0 {
+                let (op, flags, clear) = control_packet(c.due);
+                let h = c.header(cid, op, 0, flags);
+                c.due &= !clear;
+                self.scratch[..HDR_LEN].copy_from_slice(&h.to_bytes());
+                if op == op::RST {
+                    self.remove(token);
+                }
+                return Some(HDR_LEN);
+            }
+            let max = room.saturating_sub(HDR_LEN).min(RX_CHUNK);
+            match c.read(&mut self.scratch[HDR_LEN..HDR_LEN + max]) {
+                Ok(ReadOutcome::Data(n)) => {
+                    let h = c.header(cid, op::RW, n as u32, 0);
+                    self.scratch[..HDR_LEN].copy_from_slice(&h.to_bytes());
+                    self.stats.rx_bytes += n as u64;
+                    return Some(HDR_LEN + n);
+                }
+                Ok(ReadOutcome::WouldBlock | ReadOutcome::Eof) => {}
+                Err(e) => self.kill(token, &format!("reading from the host: {e}")),
+            }
+        }
+    }
+
+    fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used = false;
+        while self.has_rx_work() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let descs = match descriptors(chain, u64::from(u32::MAX)) {
+                Ok(d) if d.iter().all(|d| d.write) => d,
+                _ => {
+                    self.stats.rx_fails += 1;
+                    if queue.add_used(mem, head, 0).is_err() {
+                        break;
+                    }
+                    used = true;
+                    continue;
+                }
+            };
+            let room: usize = descs.iter().map(|d| d.len as usize).sum();
+            if room < HDR_LEN {
+                self.stats.rx_fails += 1;
+                if queue.add_used(mem, head, 0).is_err() {
+                    break;
+                }
+                used = true;
+                continue;
+            }
+            let Some(len) = self.next_rx_packet(room) else {
+                queue.go_to_previous_position();
+                break;
+            };
+            let mut off = 0;
+            for d in &descs {
+                if off == len {
+                    break;
+                }
+                let n = (d.len as usize).min(len - off);
+                if mem
+                    .write_slice(&self.scratch[off..off + n], d.addr)
+                    .is_err()
+                {
+                    self.stats.rx_fails += 1;
+                    break;
+                }
+                off += n;
+            }
+            self.stats.rx_packets += 1;
+            if queue.add_used(mem, head, off as u32).is_err() {
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+}
+
+/// The control packet to send for a set of `due` flags, and the flags it settles.
+fn control_packet(flags: u8) -> (u16, u32, u8) {
+    if flags & due::RST != 0 {
+        (op::RST, 0, u8::MAX)
+    } else if flags & due::REQUEST != 0 {
+        (op::REQUEST, 0, due::REQUEST)
+    } else if flags & due::RESPONSE != 0 {
+        (op::RESPONSE, 0, due::RESPONSE | due::CREDIT_UPDATE)
+    } else if flags & due::SHUTDOWN != 0 {
+        (op::SHUTDOWN, SHUTDOWN_SEND, due::SHUTDOWN)
+    } else if flags & due::CREDIT_UPDATE != 0 {
+        (op::CREDIT_UPDATE, 0, due::CREDIT_UPDATE)
+    } else {
+        (op::CREDIT_REQUEST, 0, due::CREDIT_REQUEST)
+    }
+}
+
+/// connect(2) on a non-blocking Unix stream socket.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) has no memory arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes, and fd is open.
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        self.poll();
+        match index {
+            RX => self.fill_rx(queue, mem),
+            TX => {
+                let used = self.transmit(queue, mem);
+                if self.has_rx_work() {
+                    let _ = self.wake.write(1);
+                }
+                used
+            }
+            // The event queue carries transport resets, which this device never sends.
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.remove(t);
+        }
+        self.stray_resets.clear();
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        vec![self.epoll.as_raw_fd()]
+    }
+
+    fn process_event(&mut self, _fd: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        self.poll();
+        match queues.get_mut(RX) {
+            Some(q) if q.ready() => self.fill_rx(q, mem),
+            _ => false,
+        }
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        vec![
+            ("rx_packets_count", s.rx_packets),
+            ("rx_bytes_count", s.rx_bytes),
+            ("tx_packets_count", s.tx_packets),
+            ("tx_bytes_count", s.tx_bytes),
+            ("conns_added", s.conns_added),
+            ("conns_removed", s.conns_removed),
+            ("conns_killed", s.conns_killed),
+            ("rx_fails", s.rx_fails),
+            ("tx_fails", s.tx_fails),
+        ]
+    }
+}
