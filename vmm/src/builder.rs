@@ -22,6 +22,7 @@ use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
 use devices::virtio::block::{Block, BlockConfig, CacheType as BlockCache};
 use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockConfig};
 
 use crate::api::model::CacheType;
 use devices::{IrqLine, MmioBus};
@@ -355,6 +356,16 @@ pub fn build(
         };
         virtio
             .attach("entropy", Box::new(rng), &vm, &mem, &mut bus)
+            .map_err(BuildError::Device)?;
+    }
+    if let Some(v) = &cfg.vsock {
+        let vsock = Vsock::new(&VsockConfig {
+            guest_cid: u64::from(v.guest_cid),
+            uds_path: v.uds_path.clone().into(),
+        })
+        .map_err(|e| BuildError::Device(e.to_string()))?;
+        virtio
+            .attach("vsock", Box::new(vsock), &vm, &mem, &mut bus)
             .map_err(BuildError::Device)?;
     }
 

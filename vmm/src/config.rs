@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::api::model::{Drive, Entropy, NetworkInterface};
+use crate::api::model::{Drive, Entropy, NetworkInterface, Vsock};
 use crate::console::ConsoleConfig;
 
 /// The kernel command line used when none is given.
@@ -68,6 +68,8 @@ pub struct VmConfig {
     pub entropy: Option<Entropy>,
     /// Network interfaces, in attachment order.
     pub net: Vec<NetworkInterface>,
+    /// The vsock device, if any.
+    pub vsock: Option<Vsock>,
 }
 
 /// virtio-mmio slots, shared by every virtio device.
@@ -75,11 +77,8 @@ pub const MAX_VIRTIO_DEVICES: usize = arch::layout::VIRTIO_MMIO_SLOTS as usize;
 
 /// Checks the virtio devices together: each one, unique ids and taps, one root drive at most,
 /// and the MMIO slots.
-pub fn validate_devices(
-    drives: &[Drive],
-    net: &[NetworkInterface],
-    entropy: bool,
-) -> Result<(), String> {
+pub fn validate_devices(cfg: &VmConfig) -> Result<(), String> {
+    let (drives, net) = (&cfg.drives, &cfg.net);
     for (i, d) in drives.iter().enumerate() {
         d.validate()?;
         if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
@@ -110,13 +109,76 @@ pub fn validate_devices(
             }
         }
     }
-    let devices = drives.len() + net.len() + usize::from(entropy);
+    if let Some(v) = &cfg.vsock {
+        v.validate()?;
+    }
+    let devices = drives.len()
+        + net.len()
+        + usize::from(cfg.entropy.is_some())
+        + usize::from(cfg.vsock.is_some());
     if devices > MAX_VIRTIO_DEVICES {
         return Err(format!(
             "{devices} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit in the MMIO slots"
         ));
     }
     Ok(())
+}
+
+/// Parses `vmm run --net`: `id=ID,tap=TAP[,mac=MAC]`.
+pub fn parse_net_arg(s: &str) -> Result<NetworkInterface, String> {
+    let mut n = NetworkInterface {
+        iface_id: String::new(),
+        host_dev_name: String::new(),
+        guest_mac: None,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+    };
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => n.iface_id = v.to_string(),
+            Some(("tap", v)) => n.host_dev_name = v.to_string(),
+            Some(("mac", v)) => n.guest_mac = Some(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown net option '{part}': expected id=, tap=, mac="
+                ));
+            }
+        }
+    }
+    if n.iface_id.is_empty() || n.host_dev_name.is_empty() {
+        return Err(format!("net '{s}' needs id=ID and tap=TAP"));
+    }
+    n.validate()?;
+    Ok(n)
+}
+
+/// Parses `vmm run --vsock`: `cid=CID,path=UDS_PATH`.
+pub fn parse_vsock_arg(s: &str) -> Result<Vsock, String> {
+    let (mut cid, mut path) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                cid = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("cid={v} is not a context id"))?,
+                );
+            }
+            Some(("path", v)) => path = Some(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown vsock option '{part}': expected cid=, path="
+                ));
+            }
+        }
+    }
+    match (cid, path) {
+        (Some(guest_cid), Some(uds_path)) => Ok(Vsock {
+            vsock_id: None,
+            guest_cid,
+            uds_path,
+        }),
+        _ => Err(format!("vsock '{s}' needs cid=CID and path=UDS_PATH")),
+    }
 }
 
 /// Parses `vmm run --drive`: `id=ID,path=PATH[,root][,ro][,cache=unsafe|writeback][,bw=BYTES_PER_S]`.
@@ -203,6 +265,7 @@ impl VmConfig {
             drives: Vec::new(),
             entropy: None,
             net: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -266,7 +329,6 @@ impl VmConfig {
     pub fn from_firecracker_json(text: &str) -> Result<Self, ConfigError> {
         let fc: FcConfig = serde_json::from_str(text)?;
         for (name, value) in [
-            ("vsock", &fc.vsock),
             ("balloon", &fc.balloon),
             ("logger", &fc.logger),
             ("metrics", &fc.metrics),
@@ -286,11 +348,11 @@ impl VmConfig {
         cfg.drives = fc.drives.unwrap_or_default();
         cfg.entropy = fc.entropy;
         cfg.net = fc.network_interfaces.unwrap_or_default();
+        cfg.vsock = fc.vsock;
         if let Some(e) = &cfg.entropy {
             e.validate().map_err(ConfigError::Invalid)?;
         }
-        validate_devices(&cfg.drives, &cfg.net, cfg.entropy.is_some())
-            .map_err(ConfigError::Invalid)?;
+        validate_devices(&cfg).map_err(ConfigError::Invalid)?;
         cfg.initrd = fc.boot_source.initrd_path;
         if let Some(args) = fc.boot_source.boot_args {
             cfg.cmdline = args;
@@ -329,7 +391,7 @@ struct FcConfig {
     drives: Option<Vec<Drive>>,
     #[serde(rename = "network-interfaces")]
     network_interfaces: Option<Vec<NetworkInterface>>,
-    vsock: Option<serde_json::Value>,
+    vsock: Option<Vsock>,
     entropy: Option<Entropy>,
     balloon: Option<serde_json::Value>,
     logger: Option<serde_json::Value>,
@@ -436,11 +498,39 @@ mod tests {
         .to_string();
         assert!(e.contains("tap 'tap0' is used by two interfaces"), "{e}");
         let e = VmConfig::from_firecracker_json(
-            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 3}}"#,
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("'vsock'"), "{e}");
+        assert!(e.contains("'balloon'"), "{e}");
+        for (vsock, want) in [
+            (r#"{"guest_cid": 3}"#, "missing field `uds_path`"),
+            (
+                r#"{"guest_cid": 2, "uds_path": "/tmp/v"}"#,
+                "invalid guest_cid 2",
+            ),
+            (r#"{"guest_cid": 3, "uds_path": ""}"#, "invalid uds_path"),
+            (
+                r#"{"guest_cid": 3, "uds_path": "/nonexistent-dir/v.sock"}"#,
+                "the directory /nonexistent-dir does not exist",
+            ),
+            (
+                r#"{"guest_cid": 3, "uds_path": "/etc/hostname"}"#,
+                "is not a socket",
+            ),
+        ] {
+            let e = VmConfig::from_firecracker_json(&format!(
+                r#"{{"boot-source": {{"kernel_image_path": "/k"}}, "vsock": {vsock}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want), "{vsock}: {e}");
+        }
+        let c = VmConfig::from_firecracker_json(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/tmp/vmm-test-unused.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vsock.map(|v| v.guest_cid), Some(3));
     }
 
     #[test]

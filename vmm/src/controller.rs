@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::api::model::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, InstanceInfo, InstanceState, LoggerConfig,
     MachineConfig, MachineConfigPatch, MetricsConfig, NetworkInterface, VersionInfo,
-    VmStateRequest,
+    VmStateRequest, Vsock,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
 use crate::config::{ConfigError, VmConfig, check_drive_file, open_regular_file, validate_devices};
@@ -169,7 +169,7 @@ impl<B: Backend> Controller<B> {
             "metrics": self.metrics.as_ref().map(|m| json!({"metrics_path": m.path()})),
             "drives": self.base.drives,
             "network-interfaces": self.base.net,
-            "vsock": null,
+            "vsock": self.base.vsock,
             "balloon": null,
             "entropy": self.base.entropy,
             "mmds-config": null,
@@ -214,6 +214,7 @@ impl<B: Backend> Controller<B> {
                         | ApiRequest::PutDrive(..)
                         | ApiRequest::PutEntropy(_)
                         | ApiRequest::PutNet(..)
+                        | ApiRequest::PutVsock(_)
                 ) =>
             {
                 ApiResponse::bad_request(AFTER_START)
@@ -236,6 +237,7 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PatchDrive(id, p) => done(self.patch_drive(&id, p)),
             ApiRequest::PutEntropy(e) => done(self.put_entropy(e)),
             ApiRequest::PutNet(id, n) => done(self.put_net(&id, n)),
+            ApiRequest::PutVsock(v) => done(self.put_vsock(v)),
         }
     }
 
@@ -248,13 +250,13 @@ impl<B: Backend> Controller<B> {
         }
         d.validate()?;
         check_drive_file(&d)?;
-        let mut drives = self.base.drives.clone();
-        match drives.iter_mut().find(|o| o.drive_id == id) {
+        let mut next = self.base.clone();
+        match next.drives.iter_mut().find(|o| o.drive_id == id) {
             Some(o) => *o = d,
-            None => drives.push(d),
+            None => next.drives.push(d),
         }
-        validate_devices(&drives, &self.base.net, self.base.entropy.is_some())?;
-        self.base.drives = drives;
+        validate_devices(&next)?;
+        self.base = next;
         Ok(())
     }
 
@@ -296,22 +298,32 @@ impl<B: Backend> Controller<B> {
             ));
         }
         n.validate()?;
-        let mut net = self.base.net.clone();
-        match net.iter_mut().find(|o| o.iface_id == id) {
+        let mut next = self.base.clone();
+        match next.net.iter_mut().find(|o| o.iface_id == id) {
             Some(o) => *o = n.clone(),
-            None => net.push(n.clone()),
+            None => next.net.push(n.clone()),
         }
-        validate_devices(&self.base.drives, &net, self.base.entropy.is_some())?;
+        validate_devices(&next)?;
         devices::virtio::net::Tap::open(&n.host_dev_name)
             .map_err(|e| format!("cannot open tap {}: {e}", n.host_dev_name))?;
-        self.base.net = net;
+        self.base = next;
         Ok(())
     }
 
     fn put_entropy(&mut self, e: Entropy) -> Result<(), String> {
         e.validate()?;
-        validate_devices(&self.base.drives, &self.base.net, true)?;
-        self.base.entropy = Some(e);
+        let mut next = self.base.clone();
+        next.entropy = Some(e);
+        validate_devices(&next)?;
+        self.base = next;
+        Ok(())
+    }
+
+    fn put_vsock(&mut self, v: Vsock) -> Result<(), String> {
+        let mut next = self.base.clone();
+        next.vsock = Some(v);
+        validate_devices(&next)?;
+        self.base = next;
         Ok(())
     }
 

@@ -154,6 +154,12 @@ struct RunArgs {
     /// Give the guest a virtio entropy device.
     #[arg(long)]
     entropy: bool,
+    /// A network interface on a host tap, repeatable: id=ID,tap=TAP[,mac=MAC].
+    #[arg(long, value_name = "SPEC", value_parser = vmm::config::parse_net_arg)]
+    net: Vec<vmm::api::model::NetworkInterface>,
+    /// A vsock device: cid=CID,path=UDS_PATH (hybrid vsock, as Firecracker's).
+    #[arg(long, value_name = "SPEC", value_parser = vmm::config::parse_vsock_arg)]
+    vsock: Option<vmm::api::model::Vsock>,
     /// Also serve the API on this Unix socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -194,9 +200,10 @@ fn plan_run(a: &RunArgs, p: &ProcessArgs) -> anyhow::Result<Plan> {
     c.boot_timer = a.boot_timer || p.boot_timer;
     c.drives.clone_from(&a.drive);
     c.entropy = a.entropy.then(vmm::api::model::Entropy::default);
+    c.net.clone_from(&a.net);
+    c.vsock.clone_from(&a.vsock);
     c.validate()?;
-    vmm::config::validate_devices(&c.drives, &c.net, c.entropy.is_some())
-        .map_err(anyhow::Error::msg)?;
+    vmm::config::validate_devices(&c).map_err(anyhow::Error::msg)?;
     Ok(Plan {
         id: p.id.clone(),
         base: c.clone(),

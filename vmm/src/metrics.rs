@@ -44,6 +44,16 @@ macro_rules! group {
         $(#[$m])*
         #[derive(Debug, Default, Serialize)]
         pub struct $name { $(#[allow(missing_docs)] pub $field: Counter,)* }
+
+        impl $name {
+            /// The counter called `name`, if the group has one.
+            pub fn counter(&self, name: &str) -> Option<&Counter> {
+                match name {
+                    $(stringify!($field) => Some(&self.$field),)*
+                    _ => None,
+                }
+            }
+        }
     };
 }
 
@@ -61,11 +71,15 @@ group!(
         actions_count, actions_fails, boot_source_count, boot_source_fails, logger_count, logger_fails,
         machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
         drive_count, drive_fails, entropy_count, entropy_fails, network_count, network_fails,
+        vsock_count, vsock_fails,
     }
 );
 group!(
     /// `patch_api_requests`.
-    PatchApiMetrics { machine_cfg_count, machine_cfg_fails, vm_count, vm_fails, drive_count, drive_fails }
+    PatchApiMetrics {
+        machine_cfg_count, machine_cfg_fails, vm_count, vm_fails, drive_count, drive_fails,
+        network_count, network_fails,
+    }
 );
 group!(
     /// `vcpu`.
@@ -100,53 +114,10 @@ impl Metrics {
     pub fn count_request(&self, group: &str, name: &str, failed: bool) {
         let fails = name.replace("_count", "_fails");
         let pick = |n: &str| -> Option<&Counter> {
-            match (group, n) {
-                ("get_api_requests", "instance_info_count") => {
-                    Some(&self.get_api_requests.instance_info_count)
-                }
-                ("get_api_requests", "machine_cfg_count") => {
-                    Some(&self.get_api_requests.machine_cfg_count)
-                }
-                ("get_api_requests", "vm_config_count") => {
-                    Some(&self.get_api_requests.vm_config_count)
-                }
-                ("get_api_requests", "vmm_version_count") => {
-                    Some(&self.get_api_requests.vmm_version_count)
-                }
-                ("put_api_requests", "actions_count") => Some(&self.put_api_requests.actions_count),
-                ("put_api_requests", "actions_fails") => Some(&self.put_api_requests.actions_fails),
-                ("put_api_requests", "boot_source_count") => {
-                    Some(&self.put_api_requests.boot_source_count)
-                }
-                ("put_api_requests", "boot_source_fails") => {
-                    Some(&self.put_api_requests.boot_source_fails)
-                }
-                ("put_api_requests", "logger_count") => Some(&self.put_api_requests.logger_count),
-                ("put_api_requests", "logger_fails") => Some(&self.put_api_requests.logger_fails),
-                ("put_api_requests", "machine_cfg_count") => {
-                    Some(&self.put_api_requests.machine_cfg_count)
-                }
-                ("put_api_requests", "machine_cfg_fails") => {
-                    Some(&self.put_api_requests.machine_cfg_fails)
-                }
-                ("put_api_requests", "metrics_count") => Some(&self.put_api_requests.metrics_count),
-                ("put_api_requests", "metrics_fails") => Some(&self.put_api_requests.metrics_fails),
-                ("patch_api_requests", "machine_cfg_count") => {
-                    Some(&self.patch_api_requests.machine_cfg_count)
-                }
-                ("patch_api_requests", "machine_cfg_fails") => {
-                    Some(&self.patch_api_requests.machine_cfg_fails)
-                }
-                ("patch_api_requests", "vm_count") => Some(&self.patch_api_requests.vm_count),
-                ("patch_api_requests", "vm_fails") => Some(&self.patch_api_requests.vm_fails),
-                ("put_api_requests", "drive_count") => Some(&self.put_api_requests.drive_count),
-                ("put_api_requests", "drive_fails") => Some(&self.put_api_requests.drive_fails),
-                ("put_api_requests", "entropy_count") => Some(&self.put_api_requests.entropy_count),
-                ("put_api_requests", "entropy_fails") => Some(&self.put_api_requests.entropy_fails),
-                ("put_api_requests", "network_count") => Some(&self.put_api_requests.network_count),
-                ("put_api_requests", "network_fails") => Some(&self.put_api_requests.network_fails),
-                ("patch_api_requests", "drive_count") => Some(&self.patch_api_requests.drive_count),
-                ("patch_api_requests", "drive_fails") => Some(&self.patch_api_requests.drive_fails),
+            match group {
+                "get_api_requests" => self.get_api_requests.counter(n),
+                "put_api_requests" => self.put_api_requests.counter(n),
+                "patch_api_requests" => self.patch_api_requests.counter(n),
                 _ => None,
             }
         };

@@ -389,6 +389,59 @@ pub struct Entropy {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// `PUT /vsock`, and the config file's `vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Accepted for compatibility (Firecracker deprecated it); it has no effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context id: 3 or more.
+    pub guest_cid: u32,
+    /// The Unix socket host processes connect to; guest connections to host port P go to
+    /// `<uds_path>_P`.
+    pub uds_path: String,
+}
+
+/// The longest Unix socket path, less room for the `_<port>` suffix.
+const MAX_UDS_PATH: usize = 107 - 11;
+
+impl Vsock {
+    /// Checks the context id and the socket path.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(format!(
+                "invalid guest_cid {}: 0, 1 and 2 are reserved and {} means any; use 3 or more",
+                self.guest_cid,
+                u32::MAX
+            ));
+        }
+        if self.uds_path.is_empty() || self.uds_path.len() > MAX_UDS_PATH {
+            return Err(format!(
+                "invalid uds_path '{}': give a path of 1 to {MAX_UDS_PATH} bytes",
+                self.uds_path
+            ));
+        }
+        if self.uds_path.contains('\0') {
+            return Err("invalid uds_path: it contains a NUL byte".into());
+        }
+        devices::unix_socket::check_free(std::path::Path::new(&self.uds_path))
+            .map_err(|e| format!("vsock uds_path: {e}"))?;
+        let parent = std::path::Path::new(&self.uds_path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(format!(
+                "vsock uds_path {}: the directory {} does not exist",
+                self.uds_path,
+                parent.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Device ids (drive_id, iface_id) are 1 to 64 letters, digits, '-' or '_': they end up in
 /// URL paths, metric names and the drive serial.
 fn check_device_id(field: &str, id: &str) -> Result<(), String> {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
-    MachineConfigPatch, MetricsConfig, NetworkInterface, VmPatch,
+    MachineConfigPatch, MetricsConfig, NetworkInterface, VmPatch, Vsock,
 };
 
 /// Largest request body accepted (Firecracker's limit).
@@ -28,11 +28,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/drives/{drive_id}", "PUT"),
     ("/drives/{drive_id}", "PATCH"),
     ("/entropy", "PUT"),
+    ("/vsock", "PUT"),
     ("/network-interfaces/{iface_id}", "PUT"),
 ];
 
 /// Firecracker resources that later work brings; until then they get a 400 that says so.
-pub const NOT_YET: &[&str] = &["/vsock", "/snapshot", "/cpu-config", "/balloon", "/mmds"];
+pub const NOT_YET: &[&str] = &["/snapshot", "/cpu-config", "/balloon", "/mmds"];
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub enum ApiRequest {
     PutEntropy(Entropy),
     /// `PUT /network-interfaces/{iface_id}`.
     PutNet(String, NetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(Vsock),
 }
 
 impl ApiRequest {
@@ -88,6 +91,7 @@ impl ApiRequest {
             Self::PatchDrive(..) => ("patch_api_requests", "drive_count"),
             Self::PutEntropy(_) => ("put_api_requests", "entropy_count"),
             Self::PutNet(..) => ("put_api_requests", "network_count"),
+            Self::PutVsock(_) => ("put_api_requests", "vsock_count"),
         }
     }
 }
@@ -179,6 +183,7 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("PUT", "/logger") => ApiRequest::PutLogger(body(raw)?),
         ("PUT", "/metrics") => ApiRequest::PutMetrics(body(raw)?),
         ("PUT", "/entropy") => ApiRequest::PutEntropy(body(raw)?),
+        ("PUT", "/vsock") => ApiRequest::PutVsock(body(raw)?),
         ("PUT", p) if iface_id(p).is_some() => {
             ApiRequest::PutNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
         }
@@ -334,10 +339,10 @@ mod tests {
             Some("GET, PUT, PATCH")
         );
         assert_eq!(fault(parse("POST", "/", b"")).0, 405);
-        let (s, m) = fault(parse("PUT", "/vsock", b"{}"));
+        let (s, m) = fault(parse("PUT", "/balloon", b"{}"));
         assert_eq!(
             (s, m.as_str()),
-            (400, "the /vsock resource is not supported yet")
+            (400, "the /balloon resource is not supported yet")
         );
         assert_eq!(fault(parse("GET", "/drives/rootfs", b"")).0, 405);
         assert_eq!(fault(parse("PUT", "/drives/", b"{}")).0, 404);
@@ -374,6 +379,7 @@ mod tests {
             r#"{"drive_id": "d", "path_on_host": "/p", "is_root_device": false}"#,
             r#"{"drive_id": "d", "path_on_host": "/p"}"#,
             r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
+            r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#,
             r#"{}"#,
         ];
         for (path, method) in ROUTES {

@@ -3,7 +3,7 @@
 //! an EventFd, and the answer comes back on a oneshot, so a slow client only holds its own
 //! connection and never the guest or other clients.
 
-use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -235,6 +235,7 @@ impl Drop for SocketGuard {
 mod tests {
     use super::*;
     use crate::api::client::Client;
+    use std::os::unix::net::UnixStream as StdStream;
 
     fn sock(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("vmm-api-{tag}-{}.sock", std::process::id()))
