@@ -188,6 +188,24 @@ pub fn ensure_qemu_anchor(cache: &Cache) -> Result<PathBuf> {
         .join("qemu.cpio.gz"))
 }
 
+/// The guest initramfs with `vmm-guest-tool` added as /bin/vmm-guest-tool: a second,
+/// concatenated gzip cpio, which the kernel unpacks after the first. Written next to `tool`.
+pub fn guest_initrd_with_tool(art: &Artifacts, tool: &Path) -> Result<PathBuf> {
+    let mut initrd = fs::read(&art.guest_initrd)
+        .with_context(|| format!("reading {}", art.guest_initrd.display()))?;
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    let mut a = Archive::new();
+    a.file(
+        "bin/vmm-guest-tool",
+        0o755,
+        fs::read(tool).with_context(|| format!("reading {}", tool.display()))?,
+    );
+    initrd.extend_from_slice(&gzip(&a)?);
+    let out = tool.with_file_name("initrd-with-tool.cpio.gz");
+    fs::write(&out, initrd).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
 fn gzip(a: &Archive) -> Result<Vec<u8>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::new(6));
     a.write_to(&mut gz)?;

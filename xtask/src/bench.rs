@@ -87,7 +87,7 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
     payload.parts.push(artifacts::ensure_qemu_anchor(&cache)?);
     payload.files.push((
         "usr/local/bin/api-load".into(),
-        crate::cross::build_api_load()?,
+        crate::cross::build_test_bin("api-load")?,
         0o755,
     ));
     payload.env.push(("BENCH_RUNS".into(), runs.to_string()));

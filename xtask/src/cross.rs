@@ -78,13 +78,14 @@ pub fn build_tests() -> Result<Vec<(String, PathBuf)>> {
     Ok(tests)
 }
 
-/// Builds the benchmark's API load client.
-pub fn build_api_load() -> Result<PathBuf> {
-    cargo_executables(&["build", "--package", "vmm-tests", "--bin", "api-load"])?
+/// Builds a helper binary of the vmm-tests package: `api-load` (the benchmark's API client)
+/// or `vmm-guest-tool` (what the test guest needs beyond busybox).
+pub fn build_test_bin(name: &str) -> Result<PathBuf> {
+    cargo_executables(&["build", "--package", "vmm-tests", "--bin", name])?
         .into_iter()
-        .find(|(n, _, test)| n == "api-load" && !test)
+        .find(|(n, _, test)| n == name && !test)
         .map(|(_, p, _)| p)
-        .context("cargo built no api-load binary")
+        .with_context(|| format!("cargo built no {name} binary"))
 }
 
 /// Builds the aarch64 `vmm` binary optimized, as users run it (for benchmarks).

@@ -177,12 +177,15 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
     let tests = cross::build_tests()?;
     let mut counter = LibtestCounter::default();
     let vmm = cross::build_vmm()?;
+    let tool_initrd =
+        artifacts::guest_initrd_with_tool(&art, &cross::build_test_bin("vmm-guest-tool")?)?;
     if native_kvm() {
         for (name, path) in &tests {
             let mut c = Command::new(path);
             c.arg("--test-threads=1")
                 .args(filter)
                 .envs(guest_env(&art))
+                .env("GUEST_INITRD", &tool_initrd)
                 .stdout(Stdio::piped());
             let mut child = c.spawn()?;
             for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
@@ -201,6 +204,13 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
         .env
         .push(("XT_FILTER".into(), filter.unwrap_or_default().to_string()));
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
+    payload
+        .files
+        .push(("guest/initrd-with-tool.cpio.gz".into(), tool_initrd, 0o644));
+    payload.env.push((
+        "GUEST_INITRD".into(),
+        "/guest/initrd-with-tool.cpio.gz".into(),
+    ));
     for (name, path) in &tests {
         payload
             .files

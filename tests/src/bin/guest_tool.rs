@@ -1,0 +1,265 @@
+//! `vmm-guest-tool`: what busybox lacks inside the test guest (a static aarch64 binary that
+//! xtask appends to the guest initramfs as /bin/vmm-guest-tool).
+//!
+//! - `vsock-echo PORT`: echoes every connection on vsock PORT back to its sender.
+//! - `vsock-cat CID PORT`: stdin to a vsock stream, the stream to stdout.
+//! - `send vsock:CID:PORT|tcp:ADDR:PORT MIB`: writes MIB MiB, waits for the peer to close,
+//!   and prints `SEND_MIBS <MiB/s>` (guest time).
+//! - `randread DEV SECONDS`: 4 KiB O_DIRECT random reads; prints `RANDREAD_IOPS <n>`.
+//! - `seqread DEV MIB` / `seqwrite DEV MIB`: 1 MiB O_DIRECT requests (writes end with fsync);
+//!   prints `SEQREAD_MIBS` / `SEQWRITE_MIBS`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all zeroes is valid.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+fn vsock_socket() -> Result<OwnedFd> {
+    // SAFETY: no memory arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(os_err("socket(AF_VSOCK)"));
+    }
+    // SAFETY: fd is a new descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_connect(cid: u32, port: u32) -> Result<File> {
+    let fd = vsock_socket()?;
+    let a = vsock_addr(cid, port);
+    // SAFETY: `a` is a valid sockaddr_vm of the given size.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const a).cast(),
+            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(os_err(&format!("connect to vsock {cid}:{port}")));
+    }
+    Ok(File::from(fd))
+}
+
+fn shut_write(f: &File) {
+    // SAFETY: shutdown(2) on an open socket; no memory arguments.
+    unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) };
+}
+
+fn vsock_echo(port: u32) -> Result<()> {
+    let fd = vsock_socket()?;
+    let a = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: `a` is a valid sockaddr_vm of the given size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const a).cast(),
+            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: listen(2) on an open socket.
+    if rc != 0 || unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
+        return Err(os_err(&format!("listen on vsock port {port}")));
+    }
+    println!("VSOCK_ECHO_READY {port}");
+    loop {
+        // SAFETY: accept(2) without an address; the result is checked.
+        let c = unsafe { libc::accept(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+        if c < 0 {
+            continue;
+        }
+        // SAFETY: c is a new descriptor owned by nothing else.
+        let mut conn = File::from(unsafe { OwnedFd::from_raw_fd(c) });
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            shut_write(&conn);
+        });
+    }
+}
+
+fn vsock_cat(cid: u32, port: u32) -> Result<()> {
+    let sock = vsock_connect(cid, port)?;
+    let mut tx = sock.try_clone().map_err(|e| e.to_string())?;
+    let writer = std::thread::spawn(move || {
+        let r = std::io::copy(&mut std::io::stdin().lock(), &mut tx);
+        shut_write(&tx);
+        r
+    });
+    let mut rx = sock;
+    std::io::copy(&mut rx, &mut std::io::stdout().lock()).map_err(|e| e.to_string())?;
+    writer
+        .join()
+        .map_err(|_| "the writer thread failed".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn send(target: &str, mib: u64) -> Result<()> {
+    let parts: Vec<&str> = target.split(':').collect();
+    let port = |s: &str| s.parse::<u32>().map_err(|_| format!("bad port {s}"));
+    let start = Instant::now();
+    let mut sock = match parts.as_slice() {
+        ["vsock", cid, p] => vsock_connect(cid.parse().map_err(|_| "bad cid")?, port(p)?)?,
+        ["tcp", addr, p] => {
+            let s = std::net::TcpStream::connect(format!("{addr}:{}", port(p)?))
+                .map_err(|e| format!("connect to {addr}: {e}"))?;
+            File::from(OwnedFd::from(s))
+        }
+        _ => return Err(format!("bad target {target}")),
+    };
+    let buf = vec![0x5au8; 1 << 20];
+    for _ in 0..mib {
+        sock.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    }
+    shut_write(&sock);
+    let mut sink = [0u8; 4096];
+    while sock.read(&mut sink).map_err(|e| format!("read: {e}"))? > 0 {}
+    let secs = start.elapsed().as_secs_f64();
+    println!("SEND_MIBS {:.1}", mib as f64 / secs);
+    Ok(())
+}
+
+/// A buffer aligned for O_DIRECT.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Result<Self> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(|e| e.to_string())?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err("out of memory".into());
+        }
+        Ok(Self { ptr, layout })
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+fn open_direct(dev: &str, write: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .map_err(|e| format!("open {dev}: {e}"))
+}
+
+fn pio(f: &File, buf: &Aligned, off: u64, write: bool) -> Result<()> {
+    let n = buf.layout.size();
+    // SAFETY: buf owns n bytes; the fd is open.
+    let got = unsafe {
+        if write {
+            libc::pwrite(f.as_raw_fd(), buf.ptr.cast(), n, off as libc::off_t)
+        } else {
+            libc::pread(f.as_raw_fd(), buf.ptr.cast(), n, off as libc::off_t)
+        }
+    };
+    if got != n as isize {
+        return Err(os_err(&format!("I/O at {off}")));
+    }
+    Ok(())
+}
+
+fn randread(dev: &str, secs: f64) -> Result<()> {
+    let f = open_direct(dev, false)?;
+    let size =
+        std::io::Seek::seek(&mut &f, std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let blocks = size / 4096;
+    if blocks == 0 {
+        return Err(format!("{dev} is empty"));
+    }
+    let buf = Aligned::new(4096)?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pio(&f, &buf, (x % blocks) * 4096, false)?;
+        ops += 1;
+    }
+    println!(
+        "RANDREAD_IOPS {:.0}",
+        ops as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn seq(dev: &str, mib: u64, write: bool) -> Result<()> {
+    let f = open_direct(dev, write)?;
+    let buf = Aligned::new(1 << 20)?;
+    let start = Instant::now();
+    for i in 0..mib {
+        pio(&f, &buf, i << 20, write)?;
+    }
+    if write {
+        f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    }
+    let rate = mib as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{} {rate:.1}",
+        if write {
+            "SEQWRITE_MIBS"
+        } else {
+            "SEQREAD_MIBS"
+        }
+    );
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let num = |s: &String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
+    match args {
+        [c, port] if c == "vsock-echo" => vsock_echo(num(port)? as u32),
+        [c, cid, port] if c == "vsock-cat" => vsock_cat(num(cid)? as u32, num(port)? as u32),
+        [c, target, mib] if c == "send" => send(target, num(mib)?),
+        [c, dev, secs] if c == "randread" => randread(dev, num(secs)? as f64),
+        [c, dev, mib] if c == "seqread" => seq(dev, num(mib)?, false),
+        [c, dev, mib] if c == "seqwrite" => seq(dev, num(mib)?, true),
+        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB".into()),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("vmm-guest-tool: {e}");
+        std::process::exit(1);
+    }
+}
