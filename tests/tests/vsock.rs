@@ -72,7 +72,7 @@ fn echo_through(mut s: UnixStream, data: Vec<u8>) -> Vec<u8> {
     back
 }
 
-fn boot_with_vsock_by_api(tag: &str, uds: &Path) -> (Guest, PathBuf) {
+fn boot_with_vsock_by_api(tag: &str, uds: &Path) -> (Guest, PathBuf, PathBuf) {
     let sock = socket_path(tag);
     let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
     wait_ready(&sock);
@@ -96,15 +96,21 @@ fn boot_with_vsock_by_api(tag: &str, uds: &Path) -> (Guest, PathBuf) {
         "/vsock",
         format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, uds.display()),
     );
+    let metrics = temp(&format!("{tag}.metrics"));
+    std::fs::write(&metrics, "").expect("metrics file");
+    put(
+        "/metrics",
+        format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
     put("/actions", r#"{"action_type": "InstanceStart"}"#.into());
     g.wait_for("GUEST_READY");
-    (g, sock)
+    (g, sock, metrics)
 }
 
 #[test]
 fn vsock_echoes_10_mib_both_ways_over_eight_connections() {
     let uds = temp("v.sock");
-    let (mut g, sock) = boot_with_vsock_by_api("vsock", &uds);
+    let (mut g, sock, m) = boot_with_vsock_by_api("vsock", &uds);
 
     // Host to guest: one connection, then eight at once, 10 MiB each, echoed by the guest.
     g.send("vmm-guest-tool vsock-echo 5000 &\n");
@@ -161,8 +167,9 @@ fn vsock_echoes_10_mib_both_ways_over_eight_connections() {
     );
     assert_eq!(sums.len(), 2, "{sums:?}");
     assert_eq!(sums[0], sums[1], "10 MiB from the guest came back changed");
+    // `wait` names the pids: the echo server from above runs on in the background.
     let many = g.sh(
-        "for i in 1 2 3 4 5 6 7 8; do (vmm-guest-tool vsock-cat 2 6000 < /tmp/up.bin | sha256sum > /tmp/sum$i) & done; wait; cat /tmp/sum*",
+        "p=; for i in 1 2 3 4 5 6 7 8; do (vmm-guest-tool vsock-cat 2 6000 < /tmp/up.bin | sha256sum > /tmp/sum$i) & p=\"$p $!\"; done; wait $p; cat /tmp/sum*",
     );
     assert_eq!(many.len(), 8, "{many:?}");
     assert!(
@@ -173,15 +180,6 @@ fn vsock_echoes_10_mib_both_ways_over_eight_connections() {
     server.join().expect("host echo server");
 
     // The device's counters show the traffic.
-    let m = temp("metrics");
-    std::fs::write(&m, "").expect("metrics file");
-    let (code, text) = curl(
-        &sock,
-        "PUT",
-        "/metrics",
-        Some(&format!(r#"{{"metrics_path": "{}"}}"#, m.display())),
-    );
-    assert_eq!(code, 204, "{text}");
     let (code, _) = curl(
         &sock,
         "PUT",

@@ -190,7 +190,7 @@ impl Conn {
 
     /// Takes data from the guest. Refuses data beyond the credit this end gave.
     pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
-        let waiting = self.pending.len() - self.pending_off;
+        let waiting = self.waiting();
         if waiting + data.len() > BUF_ALLOC as usize {
             return Err(format!(
                 "the guest sent {} bytes beyond its credit",
@@ -234,6 +234,11 @@ impl Conn {
             self.due |= due::CREDIT_UPDATE;
         }
         Ok(())
+    }
+
+    /// Guest bytes waiting for the host stream.
+    pub fn waiting(&self) -> usize {
+        self.pending.len() - self.pending_off
     }
 
     /// Whether every guest byte reached the host stream.

@@ -638,6 +638,23 @@ impl VirtioDevice for Vsock {
             ("conns_killed", s.conns_killed),
             ("rx_fails", s.rx_fails),
             ("tx_fails", s.tx_fails),
+            ("conns_open", self.conns.len() as u64),
+            (
+                "conns_waiting_for_guest_credit",
+                self.conns
+                    .values()
+                    .filter(|c| c.readable && c.credit() == 0)
+                    .count() as u64,
+            ),
+            (
+                "bytes_waiting_for_host",
+                self.conns.values().map(|c| c.waiting() as u64).sum(),
+            ),
+            (
+                "packets_due",
+                (self.stray_resets.len() + self.conns.values().filter(|c| c.due != 0).count())
+                    as u64,
+            ),
         ]
     }
 }
