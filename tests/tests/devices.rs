@@ -392,3 +392,91 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// Runs `vmm-guest-tool send` in the guest against a host socat sink; returns MiB/s.
+fn guest_send_rate(g: &mut Guest, port: u16, mib: u32) -> f64 {
+    let mut sink = Command::new("socat")
+        .args([
+            "-u",
+            &format!("TCP-LISTEN:{port},reuseaddr"),
+            "OPEN:/dev/null",
+        ])
+        .spawn()
+        .expect("socat sink");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = g.sh(&format!("vmm-guest-tool send tcp:172.31.0.1:{port} {mib}"));
+    let _ = sink.wait();
+    out.iter()
+        .find_map(|l| l.strip_prefix("SEND_MIBS "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {out:?}"))
+}
+
+#[test]
+fn net_rate_limiters_hold_and_can_be_replaced_while_running() {
+    host(
+        "ip tuntap add dev vmtap1 mode tap vnet_hdr && ip addr add 172.31.0.1/24 dev vmtap1 && ip link set vmtap1 up",
+    );
+    let cfg = temp("netlimit.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}"}},
+                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
+                "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "vmtap1",
+                    "tx_rate_limiter": {{"bandwidth": {{"size": 1048576, "refill_time": 1000}}}}}}]}}"#,
+            artifact("GUEST_KERNEL").display(),
+            artifact("GUEST_INITRD").display()
+        ),
+    )
+    .expect("write config");
+    let sock = socket_path("netlimit");
+    let mut g = Guest::start(&[
+        "--config-file",
+        cfg.to_str().expect("utf-8"),
+        "--api-sock",
+        sock.to_str().expect("utf-8"),
+    ]);
+    g.wait_for("GUEST_READY");
+    g.sh("ip addr add 172.31.0.2/24 dev eth0; ip link set eth0 up; ping -c 1 -W 5 172.31.0.1 >/dev/null");
+    // 1 MiB of burst, then 1 MiB/s: 4 MiB take at least 3 s.
+    let limited = guest_send_rate(&mut g, 9100, 4);
+    assert!(
+        limited < 1.6,
+        "4 MiB at {limited} MiB/s under a 1 MiB/s limit"
+    );
+
+    for (body, want) in [
+        (
+            r#"{"iface_id": "eth0", "tx_rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1000}}}"#,
+            "invalid",
+        ),
+        (r#"{"iface_id": "eth0"}"#, "changes nothing"),
+        (r#"{"iface_id": "eth9", "rx_rate_limiter": {}}"#, "differs"),
+    ] {
+        let (code, text) = curl(&sock, "PATCH", "/network-interfaces/eth0", Some(body));
+        assert_eq!(code, 400, "{body}: {text}");
+        assert!(text.contains(want), "{body}: {text}");
+    }
+    let (code, text) = curl(
+        &sock,
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0", "tx_rate_limiter": {}}"#),
+    );
+    assert_eq!(code, 204, "{text}");
+    let free = guest_send_rate(&mut g, 9101, 8);
+    assert!(
+        free > 2.0 * limited,
+        "lifting the limit: {free} MiB/s against {limited} MiB/s"
+    );
+    let (_, text) = curl(&sock, "GET", "/vm/config", None);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert!(
+        v["network-interfaces"][0]["tx_rate_limiter"].is_null(),
+        "{text}"
+    );
+    power_off(g);
+    let _ = Command::new("ip").args(["link", "del", "vmtap1"]).status();
+    let _ = std::fs::remove_file(cfg);
+}

@@ -328,10 +328,12 @@ pub fn build(
             .map(crate::api::model::parse_mac)
             .transpose()
             .map_err(BuildError::Device)?;
-        let net = Net::new(&NetConfig {
+        let net = Net::new(NetConfig {
             id: n.iface_id.clone(),
             tap: n.host_dev_name.clone(),
             mac,
+            rx_limiter: n.rx_rate_limiter.as_ref().map(|r| r.build()),
+            tx_limiter: n.tx_rate_limiter.as_ref().map(|r| r.build()),
         })
         .map_err(|e| {
             BuildError::Device(format!(

@@ -8,12 +8,13 @@ use serde_json::json;
 
 use crate::api::model::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, InstanceInfo, InstanceState, LoggerConfig,
-    MachineConfig, MachineConfigPatch, MetricsConfig, NetworkInterface, VersionInfo,
-    VmStateRequest, Vsock,
+    MachineConfig, MachineConfigPatch, MetricsConfig, NetworkInterface, NetworkInterfacePatch,
+    RateLimiterConfig, VersionInfo, VmStateRequest, Vsock,
 };
 use crate::api::router::{ApiRequest, ApiResponse};
 use crate::config::{ConfigError, VmConfig, check_drive_file, open_regular_file, validate_devices};
 use crate::metrics::{METRICS, MetricsSink};
+use devices::virtio::LimiterSlot;
 
 /// Starts, pauses and resumes VMs.
 pub trait Backend {
@@ -25,10 +26,29 @@ pub trait Backend {
     fn pause(&mut self, vm: &Self::Vm);
     /// Lets them run again.
     fn resume(&mut self, vm: &Self::Vm);
-    /// Points a running guest's drive at another image.
-    fn update_drive(&mut self, vm: &Self::Vm, drive_id: &str, path: &str) -> Result<(), String>;
+    /// Changes a running guest's device (`block_<id>`, `net_<id>`).
+    fn update_device(
+        &mut self,
+        vm: &Self::Vm,
+        device: &str,
+        change: DeviceChange,
+    ) -> Result<(), String>;
     /// The per-device metrics groups of a running VM.
     fn device_metrics(&mut self, vm: &Self::Vm) -> Vec<crate::metrics::DeviceGroup>;
+}
+
+/// A change to a running guest's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// Another backing file.
+    Backing(String),
+    /// A new rate limiter; None lifts the limit.
+    RateLimiter(LimiterSlot, Option<RateLimiterConfig>),
+}
+
+/// A limiter with no bucket limits nothing: `{}` in a PATCH lifts the limit.
+fn effective(r: RateLimiterConfig) -> Option<RateLimiterConfig> {
+    (r.bandwidth.is_some() || r.ops.is_some()).then_some(r)
 }
 
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -238,6 +258,7 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PutEntropy(e) => done(self.put_entropy(e)),
             ApiRequest::PutNet(id, n) => done(self.put_net(&id, n)),
             ApiRequest::PutVsock(v) => done(self.put_vsock(v)),
+            ApiRequest::PatchNet(id, p) => done(self.patch_net(&id, p)),
         }
     }
 
@@ -270,12 +291,9 @@ impl<B: Backend> Controller<B> {
                 p.drive_id
             ));
         }
-        if p.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err("a drive rate_limiter is not supported yet".into());
+        if p.path_on_host.is_none() && p.rate_limiter.is_none() {
+            return Err("the patch changes nothing: give path_on_host or rate_limiter".into());
         }
-        let path = p
-            .path_on_host
-            .ok_or("the patch changes nothing: give path_on_host")?;
         let index = self
             .base
             .drives
@@ -283,10 +301,82 @@ impl<B: Backend> Controller<B> {
             .position(|d| d.drive_id == id)
             .ok_or(format!("no drive '{id}'"))?;
         let mut updated = self.base.drives[index].clone();
-        updated.path_on_host = path;
-        check_drive_file(&updated)?;
-        self.backend.update_drive(vm, id, &updated.path_on_host)?;
+        if let Some(r) = &p.rate_limiter {
+            r.validate()?;
+        }
+        let device = format!("block_{id}");
+        if let Some(path) = p.path_on_host {
+            updated.path_on_host = path;
+            check_drive_file(&updated)?;
+            self.backend.update_device(
+                vm,
+                &device,
+                DeviceChange::Backing(updated.path_on_host.clone()),
+            )?;
+        }
+        if let Some(r) = p.rate_limiter {
+            updated.rate_limiter = effective(r);
+            self.backend.update_device(
+                vm,
+                &device,
+                DeviceChange::RateLimiter(LimiterSlot::Main, updated.rate_limiter.clone()),
+            )?;
+        }
         self.base.drives[index] = updated;
+        Ok(())
+    }
+
+    fn patch_net(&mut self, id: &str, p: NetworkInterfacePatch) -> Result<(), String> {
+        let Some(vm) = self.vm.as_ref() else {
+            return Err(BEFORE_START.into());
+        };
+        if p.iface_id != id {
+            return Err(format!(
+                "iface_id '{}' in the body differs from '{id}' in the path",
+                p.iface_id
+            ));
+        }
+        if p.rx_rate_limiter.is_none() && p.tx_rate_limiter.is_none() {
+            return Err(
+                "the patch changes nothing: give rx_rate_limiter or tx_rate_limiter".into(),
+            );
+        }
+        let index = self
+            .base
+            .net
+            .iter()
+            .position(|n| n.iface_id == id)
+            .ok_or(format!("no network interface '{id}'"))?;
+        for r in [&p.rx_rate_limiter, &p.tx_rate_limiter]
+            .into_iter()
+            .flatten()
+        {
+            r.validate()?;
+        }
+        let device = format!("net_{id}");
+        let mut updated = self.base.net[index].clone();
+        for (slot, new, field) in [
+            (
+                LimiterSlot::Rx,
+                p.rx_rate_limiter,
+                &mut updated.rx_rate_limiter,
+            ),
+            (
+                LimiterSlot::Tx,
+                p.tx_rate_limiter,
+                &mut updated.tx_rate_limiter,
+            ),
+        ] {
+            if let Some(r) = new {
+                *field = effective(r);
+                self.backend.update_device(
+                    vm,
+                    &device,
+                    DeviceChange::RateLimiter(slot, field.clone()),
+                )?;
+            }
+        }
+        self.base.net[index] = updated;
         Ok(())
     }
 
@@ -426,6 +516,7 @@ mod tests {
         starts: Vec<VmConfig>,
         fail: Option<String>,
         log: Vec<&'static str>,
+        changed: Vec<String>,
     }
 
     impl Backend for Fake {
@@ -443,8 +534,19 @@ mod tests {
         fn resume(&mut self, _: &()) {
             self.log.push("resume");
         }
-        fn update_drive(&mut self, _: &(), _: &str, _: &str) -> Result<(), String> {
-            self.log.push("update_drive");
+        fn update_device(
+            &mut self,
+            _: &(),
+            device: &str,
+            change: DeviceChange,
+        ) -> Result<(), String> {
+            self.log.push(match change {
+                DeviceChange::Backing(_) => "backing",
+                DeviceChange::RateLimiter(LimiterSlot::Main, Some(_)) => "limit",
+                DeviceChange::RateLimiter(_, None) => "unlimit",
+                DeviceChange::RateLimiter(..) => "limit rx/tx",
+            });
+            self.changed.push(device.to_string());
             Ok(())
         }
         fn device_metrics(&mut self, _: &()) -> Vec<crate::metrics::DeviceGroup> {
@@ -801,7 +903,18 @@ mod tests {
             "no hotplug"
         );
         assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", &patch).status, 204);
-        assert_eq!(c.backend.log, vec!["update_drive"]);
+        assert_eq!(c.backend.log, vec!["backing"]);
+        let limit = r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#;
+        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", limit).status, 204);
+        let unlimit = r#"{"drive_id": "rootfs", "rate_limiter": {}}"#;
+        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", unlimit).status, 204);
+        assert_eq!(c.backend.log, vec!["backing", "limit", "unlimit"]);
+        assert_eq!(c.backend.changed, vec!["block_rootfs"; 3]);
+        let bad = r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 100}}}"#;
+        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", bad).status, 400);
+        let nothing = r#"{"drive_id": "rootfs"}"#;
+        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", nothing).status, 400);
+        assert_eq!(c.backend.log.len(), 3, "refused patches change nothing");
         let r = call(
             &mut c,
             "PATCH",

@@ -107,17 +107,25 @@ impl RunningVm {
     }
 
     /// Points drive `id` at another image and tells the guest.
-    pub fn update_drive(&self, id: &str, path: &str) -> Result<(), String> {
-        let name = format!("block_{id}");
+    pub fn update_device(
+        &self,
+        device: &str,
+        change: crate::controller::DeviceChange,
+    ) -> Result<(), String> {
+        use crate::controller::DeviceChange;
         let (_, t) = self
             .built
             .virtio
             .iter()
-            .find(|(d, _)| *d == name)
-            .ok_or(format!("no drive '{id}'"))?;
-        t.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .swap_backing(std::path::Path::new(path))
+            .find(|(d, _)| *d == device)
+            .ok_or(format!("no device {device}"))?;
+        let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match change {
+            DeviceChange::Backing(path) => t.swap_backing(std::path::Path::new(&path)),
+            DeviceChange::RateLimiter(slot, cfg) => t
+                .device_mut()
+                .set_rate_limiter(slot, cfg.as_ref().map(|c| c.build())),
+        }
     }
 
     /// Stops every vCPU thread, then the device thread, and releases the VM.
@@ -194,8 +202,13 @@ impl Backend for KvmBackend {
         vm.resume();
     }
 
-    fn update_drive(&mut self, vm: &RunningVm, drive_id: &str, path: &str) -> Result<(), String> {
-        vm.update_drive(drive_id, path)
+    fn update_device(
+        &mut self,
+        vm: &RunningVm,
+        device: &str,
+        change: crate::controller::DeviceChange,
+    ) -> Result<(), String> {
+        vm.update_device(device, change)
     }
 
     fn device_metrics(&mut self, vm: &RunningVm) -> Vec<crate::metrics::DeviceGroup> {

@@ -260,6 +260,10 @@ impl MmioTransport {
         if self.device.process_queue(index, q, &self.mem) {
             self.raise(INT_VRING);
         }
+        self.collect_retry();
+    }
+
+    fn collect_retry(&mut self) {
         if let Some(wait) = self.device.retry_after() {
             self.retry = Some(self.retry.map_or(wait, |r| r.min(wait)));
         }
@@ -278,6 +282,7 @@ impl MmioTransport {
         if self.device.process_event(fd, &mut self.queues, &self.mem) {
             self.raise(INT_VRING);
         }
+        self.collect_retry();
     }
 
     /// Serves every queue (after a rate-limiter timer).

@@ -59,10 +59,29 @@ pub trait VirtioDevice: Send {
     }
     /// The device's counters, named as Firecracker names them.
     fn metrics(&self) -> Vec<(&'static str, u64)>;
+    /// Replaces one of the device's rate limiters (None: no limit).
+    fn set_rate_limiter(
+        &mut self,
+        _slot: LimiterSlot,
+        _limiter: Option<crate::rate_limiter::RateLimiter>,
+    ) -> Result<(), String> {
+        Err("this device has no such rate limiter".into())
+    }
     /// Points the device at another backing file; only block devices have one.
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err("this device has no backing file".into())
     }
+}
+
+/// Which of a device's rate limiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterSlot {
+    /// The only one (block, entropy).
+    Main,
+    /// Network receive.
+    Rx,
+    /// Network transmit.
+    Tx,
 }
 
 /// One descriptor of a request, already read from the ring.

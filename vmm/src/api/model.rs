@@ -368,7 +368,8 @@ impl RateLimiterConfig {
     }
 }
 
-/// `PATCH /drives/{drive_id}`: swap the backing file of a running guest's drive.
+/// `PATCH /drives/{drive_id}`: swap the backing file of a running guest's drive, or replace
+/// its rate limiter (`{}` removes the limit).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrivePatch {
@@ -376,8 +377,21 @@ pub struct DrivePatch {
     pub drive_id: String,
     /// The new image.
     pub path_on_host: Option<String>,
-    /// Rate limiter (not supported yet).
-    pub rate_limiter: Option<serde_json::Value>,
+    /// The new rate limiter.
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: replace a running guest's rate limiters (`{}`
+/// removes a limit).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfacePatch {
+    /// The interface's id.
+    pub iface_id: String,
+    /// The new receive limiter.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// The new transmit limiter.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PUT /entropy`, and the config file's `entropy`.
@@ -494,10 +508,10 @@ pub struct NetworkInterface {
     /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Receive rate limiter (not supported yet).
+    /// Receive rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-    /// Transmit rate limiter (not supported yet).
+    /// Transmit rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
@@ -544,8 +558,11 @@ impl NetworkInterface {
         if let Some(m) = &self.guest_mac {
             parse_mac(m)?;
         }
-        if self.rx_rate_limiter.is_some() || self.tx_rate_limiter.is_some() {
-            return Err("network rate limiters are not supported yet".into());
+        for r in [&self.rx_rate_limiter, &self.tx_rate_limiter]
+            .into_iter()
+            .flatten()
+        {
+            r.validate()?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
-    MachineConfigPatch, MetricsConfig, NetworkInterface, VmPatch, Vsock,
+    MachineConfigPatch, MetricsConfig, NetworkInterface, NetworkInterfacePatch, VmPatch, Vsock,
 };
 
 /// Largest request body accepted (Firecracker's limit).
@@ -30,6 +30,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/entropy", "PUT"),
     ("/vsock", "PUT"),
     ("/network-interfaces/{iface_id}", "PUT"),
+    ("/network-interfaces/{iface_id}", "PATCH"),
 ];
 
 /// Firecracker resources that later work brings; until then they get a 400 that says so.
@@ -68,6 +69,8 @@ pub enum ApiRequest {
     PutEntropy(Entropy),
     /// `PUT /network-interfaces/{iface_id}`.
     PutNet(String, NetworkInterface),
+    /// `PATCH /network-interfaces/{iface_id}`.
+    PatchNet(String, NetworkInterfacePatch),
     /// `PUT /vsock`.
     PutVsock(Vsock),
 }
@@ -92,6 +95,7 @@ impl ApiRequest {
             Self::PutEntropy(_) => ("put_api_requests", "entropy_count"),
             Self::PutNet(..) => ("put_api_requests", "network_count"),
             Self::PutVsock(_) => ("put_api_requests", "vsock_count"),
+            Self::PatchNet(..) => ("patch_api_requests", "network_count"),
         }
     }
 }
@@ -186,6 +190,9 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("PUT", "/vsock") => ApiRequest::PutVsock(body(raw)?),
         ("PUT", p) if iface_id(p).is_some() => {
             ApiRequest::PutNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
+        }
+        ("PATCH", p) if iface_id(p).is_some() => {
+            ApiRequest::PatchNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
         }
         ("PUT" | "PATCH", p) if drive_id(p).is_some() => {
             let id = drive_id(p).unwrap_or_default().to_string();
@@ -380,6 +387,7 @@ mod tests {
             r#"{"drive_id": "d", "path_on_host": "/p"}"#,
             r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
             r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#,
+            r#"{"iface_id": "eth0"}"#,
             r#"{}"#,
         ];
         for (path, method) in ROUTES {

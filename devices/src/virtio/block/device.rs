@@ -301,6 +301,18 @@ impl VirtioDevice for Block {
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
     }
 
+    fn set_rate_limiter(
+        &mut self,
+        slot: crate::virtio::LimiterSlot,
+        limiter: Option<RateLimiter>,
+    ) -> Result<(), String> {
+        if slot != crate::virtio::LimiterSlot::Main {
+            return Err("a drive has one rate_limiter".into());
+        }
+        self.cfg.rate_limiter = limiter;
+        Ok(())
+    }
+
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {

@@ -3,13 +3,16 @@
 //! guest adds some.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::tap::{Tap, VNET_HDR_LEN};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
-    Desc, VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
+    Desc, LimiterSlot, VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type,
+    read_config_bytes,
 };
 
 const RX: usize = 0;
@@ -28,6 +31,10 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address.
     pub mac: Option<[u8; 6]>,
+    /// Limits what the guest receives.
+    pub rx_limiter: Option<RateLimiter>,
+    /// Limits what the guest sends.
+    pub tx_limiter: Option<RateLimiter>,
 }
 
 /// A virtio network device.
@@ -38,12 +45,15 @@ pub struct Net {
     mac: bool,
     pending: Option<Vec<u8>>,
     buf: Vec<u8>,
-    stats: [u64; 6],
+    stats: [u64; 8],
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    retry: Option<Duration>,
 }
 
 impl Net {
     /// Opens the tap.
-    pub fn new(cfg: &NetConfig) -> std::io::Result<Self> {
+    pub fn new(cfg: NetConfig) -> std::io::Result<Self> {
         let tap = Tap::open(&cfg.tap)?;
         let mut config = [0u8; 8];
         if let Some(m) = cfg.mac {
@@ -55,7 +65,10 @@ impl Net {
             mac: cfg.mac.is_some(),
             pending: None,
             buf: vec![0; MAX_FRAME],
-            stats: [0; 6],
+            stats: [0; 8],
+            rx_limiter: cfg.rx_limiter,
+            tx_limiter: cfg.tx_limiter,
+            retry: None,
         })
     }
 
@@ -65,6 +78,15 @@ impl Net {
             let head = chain.head_index();
             match descriptors(chain, MAX_FRAME as u64) {
                 Ok(descs) if descs.iter().all(|d| !d.write) => {
+                    let bytes: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
+                    if let Some(l) = self.tx_limiter.as_mut() {
+                        if let Err(wait) = l.admit(bytes, Instant::now()) {
+                            // Put the frame back; the device thread retries after `wait`.
+                            queue.go_to_previous_position();
+                            self.throttled(wait, 7);
+                            break;
+                        }
+                    }
                     let mut frame = Vec::new();
                     let mut ok = true;
                     for d in &descs {
@@ -118,6 +140,14 @@ impl Net {
             let Some(mut frame) = self.pending.take() else {
                 break;
             };
+            if let Some(l) = self.rx_limiter.as_mut() {
+                if let Err(wait) = l.admit(frame.len() as u64, Instant::now()) {
+                    queue.go_to_previous_position();
+                    self.pending = Some(frame);
+                    self.throttled(wait, 6);
+                    break;
+                }
+            }
             let written = match descriptors(chain, u64::MAX) {
                 Ok(descs) => write_frame(&descs, &mut frame, mem),
                 Err(_) => 0,
@@ -134,6 +164,13 @@ impl Net {
             used = true;
         }
         used
+    }
+}
+
+impl Net {
+    fn throttled(&mut self, wait: Duration, counter: usize) {
+        self.stats[counter] += 1;
+        self.retry = Some(self.retry.map_or(wait, |r| r.min(wait)));
     }
 }
 
@@ -190,6 +227,23 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn retry_after(&mut self) -> Option<Duration> {
+        self.retry.take()
+    }
+
+    fn set_rate_limiter(
+        &mut self,
+        slot: LimiterSlot,
+        limiter: Option<RateLimiter>,
+    ) -> Result<(), String> {
+        match slot {
+            LimiterSlot::Rx => self.rx_limiter = limiter,
+            LimiterSlot::Tx => self.tx_limiter = limiter,
+            LimiterSlot::Main => return Err("give rx_rate_limiter or tx_rate_limiter".into()),
+        }
+        Ok(())
+    }
+
     fn event_fds(&self) -> Vec<RawFd> {
         vec![self.tap.as_raw_fd()]
     }
@@ -210,6 +264,8 @@ impl VirtioDevice for Net {
             ("rx_bytes_count", s[3]),
             ("tx_fails", s[4]),
             ("rx_fails", s[5]),
+            ("rx_rate_limiter_throttled", s[6]),
+            ("tx_rate_limiter_throttled", s[7]),
         ]
     }
 }

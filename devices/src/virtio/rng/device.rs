@@ -64,6 +64,18 @@ impl VirtioDevice for Rng {
         self.retry.take()
     }
 
+    fn set_rate_limiter(
+        &mut self,
+        slot: crate::virtio::LimiterSlot,
+        limiter: Option<RateLimiter>,
+    ) -> Result<(), String> {
+        if slot != crate::virtio::LimiterSlot::Main {
+            return Err("the entropy device has one rate_limiter".into());
+        }
+        self.limiter = limiter;
+        Ok(())
+    }
+
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("entropy_bytes", self.bytes_served),
