@@ -72,6 +72,38 @@ for run in $(seq "$runs"); do
     fi
 done
 
+# Network: guest to host over a tap, virtio-net over virtio-mmio on both sides.
+ip tuntap add dev bt0 mode tap vnet_hdr && ip addr add 172.32.0.1/24 dev bt0 && ip link set bt0 up
+net_sink="socat -u TCP-LISTEN:9200,reuseaddr OPEN:/dev/null"
+for run in $(seq "$runs"); do
+    stream net-vmm "$run" tcp:172.32.0.1:9200 "$net_sink" -- vmm run --kernel "$GUEST_KERNEL" \
+        --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 --cmdline "console=ttyS0 $cmdline" \
+        --net id=eth0,tap=bt0
+    if command -v qemu-system-aarch64 >/dev/null; then
+        stream net-qemu "$run" tcp:172.32.0.1:9200 "$net_sink" -- qemu-system-aarch64 -accel kvm \
+            -M virt,gic-version=3 -cpu host -smp 1 -m 256 -nodefaults -no-reboot -display none \
+            -serial stdio -netdev tap,id=n0,ifname=bt0,script=no,downscript=no \
+            -device virtio-net-device,netdev=n0 \
+            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
+    fi
+done
+
+# vsock: guest to host. vmm's hybrid vsock ends in a Unix socket; QEMU's vhost-vsock in the
+# host kernel's AF_VSOCK.
+for run in $(seq "$runs"); do
+    rm -f /tmp/bv.sock /tmp/bv.sock_5000
+    stream vsock-vmm "$run" vsock:2:5000 "socat -u UNIX-LISTEN:/tmp/bv.sock_5000 OPEN:/dev/null" -- \
+        vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 \
+        --cmdline "console=ttyS0 $cmdline" --vsock cid=3,path=/tmp/bv.sock
+    if command -v qemu-system-aarch64 >/dev/null && [ -e /dev/vhost-vsock ]; then
+        stream vsock-qemu "$run" vsock:2:5000 "socat -u VSOCK-LISTEN:5000 OPEN:/dev/null" -- \
+            qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
+            -nodefaults -no-reboot -display none -serial stdio \
+            -device vhost-vsock-device,guest-cid=3 \
+            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
+    fi
+done
+
 # Block I/O: the same 64 MiB raw image behind vmm's virtio-blk and QEMU's virtio-blk-device
 # (both virtio-mmio). The guest times a 32 MiB sequential write (with fsync) and read (after
 # dropping caches) on its own clock; the VMM's CPU time comes from /proc/PID/stat.
@@ -110,6 +142,7 @@ blk() {
     w=$(guest_run "$in" "$out" "dmesg -n 1; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
     r=$(guest_run "$in" "$out" "echo 3 > /proc/sys/vm/drop_caches; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M count=32 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
     c1=$(cpu_ticks "$pid")
+    iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5" | awk '/^RANDREAD_IOPS/{print $2}')
     printf 'poweroff -f\n' >&"$in"
     while IFS= read -r -t 900 line <&"$out"; do :; done
     wait "$pid"
@@ -119,8 +152,36 @@ blk() {
         split(w, a, " "); split(r, b, " ");
         ws = a[2] - a[1]; rs = b[2] - b[1];
         if (ws <= 0) ws = 0.01; if (rs <= 0) rs = 0.01;
-        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n",
-            n, run, 32 / ws, 32 / rs, c * 1000 / hz / 64, rc }'
+        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f randread_iops=%d exit=%d\n",
+            n, run, 32 / ws, 32 / rs, c * 1000 / hz / 64, iops, rc }' </dev/null
+}
+
+# stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the
+# guest send 64 MiB to TARGET with vmm-guest-tool, and reports MiB/s (guest time) and the
+# VM process's CPU time per MiB.
+stream() {
+    local name=$1 run=$2 target=$3 sink=$4
+    shift 5
+    coproc S { exec "$@" 2>/dev/null; }
+    local pid=$S_PID in=${S[1]} out=${S[0]} line
+    while IFS= read -r -t 900 line <&"$out"; do
+        case "$line" in *GUEST_READY*) break ;; esac
+    done
+    guest_run "$in" "$out" "dmesg -n 1; ip addr add 172.32.0.2/24 dev eth0 2>/dev/null; ip link set eth0 up 2>/dev/null; ping -c 1 -W 5 172.32.0.1 >/dev/null 2>&1; true" >/dev/null
+    bash -c "$sink" &
+    local sink_pid=$! c0 c1 rate
+    sleep 0.5
+    c0=$(cpu_ticks "$pid")
+    rate=$(guest_run "$in" "$out" "vmm-guest-tool send $target 64" | awk '/^SEND_MIBS/{print $2}')
+    c1=$(cpu_ticks "$pid")
+    wait "$sink_pid" 2>/dev/null
+    printf 'poweroff -f\n' >&"$in"
+    while IFS= read -r -t 900 line <&"$out"; do :; done
+    wait "$pid"
+    local rc=$? hz
+    hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+    awk -v r="${rate:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
+        printf "BENCH %s %s mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n", n, run, r, c * 1000 / hz / 64, rc }' </dev/null
 }
 
 for run in $(seq "$runs"); do
@@ -130,6 +191,38 @@ for run in $(seq "$runs"); do
         blk blk-qemu "$run" qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
             -nodefaults -no-reboot -display none -serial stdio \
             -drive "file=$disk,if=none,id=d0,format=raw,cache=writeback" -device virtio-blk-device,drive=d0 \
+            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
+    fi
+done
+
+# Network: guest to host over a tap, virtio-net over virtio-mmio on both sides.
+ip tuntap add dev bt0 mode tap vnet_hdr && ip addr add 172.32.0.1/24 dev bt0 && ip link set bt0 up
+net_sink="socat -u TCP-LISTEN:9200,reuseaddr OPEN:/dev/null"
+for run in $(seq "$runs"); do
+    stream net-vmm "$run" tcp:172.32.0.1:9200 "$net_sink" -- vmm run --kernel "$GUEST_KERNEL" \
+        --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 --cmdline "console=ttyS0 $cmdline" \
+        --net id=eth0,tap=bt0
+    if command -v qemu-system-aarch64 >/dev/null; then
+        stream net-qemu "$run" tcp:172.32.0.1:9200 "$net_sink" -- qemu-system-aarch64 -accel kvm \
+            -M virt,gic-version=3 -cpu host -smp 1 -m 256 -nodefaults -no-reboot -display none \
+            -serial stdio -netdev tap,id=n0,ifname=bt0,script=no,downscript=no \
+            -device virtio-net-device,netdev=n0 \
+            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
+    fi
+done
+
+# vsock: guest to host. vmm's hybrid vsock ends in a Unix socket; QEMU's vhost-vsock in the
+# host kernel's AF_VSOCK.
+for run in $(seq "$runs"); do
+    rm -f /tmp/bv.sock /tmp/bv.sock_5000
+    stream vsock-vmm "$run" vsock:2:5000 "socat -u UNIX-LISTEN:/tmp/bv.sock_5000 OPEN:/dev/null" -- \
+        vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 \
+        --cmdline "console=ttyS0 $cmdline" --vsock cid=3,path=/tmp/bv.sock
+    if command -v qemu-system-aarch64 >/dev/null && [ -e /dev/vhost-vsock ]; then
+        stream vsock-qemu "$run" vsock:2:5000 "socat -u VSOCK-LISTEN:5000 OPEN:/dev/null" -- \
+            qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
+            -nodefaults -no-reboot -display none -serial stdio \
+            -device vhost-vsock-device,guest-cid=3 \
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
 done
