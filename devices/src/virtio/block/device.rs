@@ -19,6 +19,13 @@ const QUEUE_SIZES: [u16; 1] = [256];
 /// Largest request served (the guest's own limit is far lower).
 const MAX_REQUEST: u64 = 64 << 20;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// The device states the most data segments per request (`seg_max`). Without it Linux sends
+/// one segment per request, which cuts sequential I/O into 4 KiB requests.
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// Indirect descriptor tables, so large requests do not fill the ring.
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// Data segments per request: the ring less the header and status descriptors.
+const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 /// Length of the ID a GET_ID request returns.
 const ID_BYTES: usize = 20;
@@ -98,6 +105,7 @@ impl Block {
 
     fn update_config(&mut self) {
         self.config[..8].copy_from_slice(&self.capacity.to_le_bytes());
+        self.config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
     }
 
     /// Capacity in 512-byte sectors.
@@ -262,7 +270,7 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1;
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_RING_F_INDIRECT_DESC;
         if self.cfg.read_only {
             f |= VIRTIO_BLK_F_RO;
         }
