@@ -90,15 +90,7 @@ pub fn run(runs: u32, timeout: Duration) -> Result<ExitCode> {
         crate::cross::build_test_bin("api-load")?,
         0o755,
     ));
-    let tool_initrd =
-        artifacts::guest_initrd_with_tool(&art, &crate::cross::build_test_bin("vmm-guest-tool")?)?;
-    payload
-        .files
-        .push(("guest/initrd-with-tool.cpio.gz".into(), tool_initrd, 0o644));
-    payload.env.push((
-        "GUEST_INITRD".into(),
-        "/guest/initrd-with-tool.cpio.gz".into(),
-    ));
+    crate::add_guest_tool(&mut payload, &art)?;
     payload.env.push(("BENCH_RUNS".into(), runs.to_string()));
     let spec = HostSpec {
         name: "bench".into(),

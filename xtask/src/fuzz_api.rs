@@ -70,7 +70,7 @@ pub fn run_fuzz(examples: u32) -> Result<ExitCode> {
     let st = venv()?;
     let cache = Cache::open()?;
     let art = artifacts::ensure(&cache)?;
-    let payload = crate::host_payload()?;
+    let payload = crate::host_payload(&art)?;
     let (api, control) = (free_tcp_port()?, free_tcp_port()?);
     let spec = HostSpec {
         name: "fuzz".into(),

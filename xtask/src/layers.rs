@@ -177,8 +177,8 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
     let tests = cross::build_tests()?;
     let mut counter = LibtestCounter::default();
     let vmm = cross::build_vmm()?;
-    let tool_initrd =
-        artifacts::guest_initrd_with_tool(&art, &cross::build_test_bin("vmm-guest-tool")?)?;
+    let mut payload = Payload::default();
+    let tool_initrd = crate::add_guest_tool(&mut payload, &art)?;
     if native_kvm() {
         for (name, path) in &tests {
             let mut c = Command::new(path);
@@ -199,18 +199,10 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
         report("emulated", counter.tally);
         return Ok(counter.tally);
     }
-    let mut payload = Payload::default();
     payload
         .env
         .push(("XT_FILTER".into(), filter.unwrap_or_default().to_string()));
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
-    payload
-        .files
-        .push(("guest/initrd-with-tool.cpio.gz".into(), tool_initrd, 0o644));
-    payload.env.push((
-        "GUEST_INITRD".into(),
-        "/guest/initrd-with-tool.cpio.gz".into(),
-    ));
     for (name, path) in &tests {
         payload
             .files

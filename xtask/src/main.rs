@@ -4,6 +4,7 @@
 //! - `cargo xtask host`: one emulated Arm64 KVM host running a command.
 //! - `cargo xtask pair`: two linked emulated hosts of different CPU generations.
 //! - `cargo xtask artifacts`: build (or verify) the cached test artifacts and print their paths.
+//! - `cargo xtask fuzz`: run the libFuzzer targets in fuzz/ on the host.
 
 mod artifacts;
 mod bench;
@@ -11,6 +12,7 @@ mod cache;
 mod cpio;
 mod cross;
 mod debian;
+mod fuzz;
 mod fuzz_api;
 mod kmod;
 mod layers;
@@ -121,6 +123,23 @@ enum Task {
         #[arg(long, default_value_t = 200)]
         examples: u32,
     },
+    /// Run the libFuzzer targets in fuzz/ on the host with cargo-fuzz (installed if missing);
+    /// reports each target's executions and any crash input, and fails if one crashed.
+    Fuzz {
+        /// Only this target (repeatable); all by default.
+        #[arg(long = "target", value_name = "NAME",
+              value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS.iter().copied()))]
+        targets: Vec<String>,
+        /// Executions per target (libFuzzer -runs); 20000 when neither this nor --seconds is given.
+        #[arg(long, conflicts_with = "seconds")]
+        runs: Option<u64>,
+        /// Seconds per target (libFuzzer -max_total_time).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// cargo-fuzz sanitizer; `address` needs -Zsanitizer, enabled through RUSTC_BOOTSTRAP.
+        #[arg(long, default_value = "none", value_parser = ["none", "address"])]
+        sanitizer: String,
+    },
     /// Build (or verify) the cached artifacts and print their paths.
     Artifacts,
 }
@@ -166,14 +185,32 @@ fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
 }
 
-/// The files every emulated host gets: the freshly cross-built vmm.
-pub fn host_payload() -> Result<qemu::Payload> {
+/// The files every emulated host gets: the freshly cross-built vmm, and the guest initramfs
+/// with `vmm-guest-tool` as `GUEST_INITRD`.
+pub fn host_payload(art: &artifacts::Artifacts) -> Result<qemu::Payload> {
     setup::ensure_rust()?;
-    let vmm = cross::build_vmm()?;
-    Ok(qemu::Payload {
-        files: vec![("usr/local/bin/vmm".into(), vmm, 0o755)],
+    let mut payload = qemu::Payload {
+        files: vec![("usr/local/bin/vmm".into(), cross::build_vmm()?, 0o755)],
         ..Default::default()
-    })
+    };
+    add_guest_tool(&mut payload, art)?;
+    Ok(payload)
+}
+
+/// Adds the guest initramfs with `vmm-guest-tool` and points `GUEST_INITRD` at it; returns it.
+pub fn add_guest_tool(payload: &mut qemu::Payload, art: &artifacts::Artifacts) -> Result<PathBuf> {
+    let initrd =
+        artifacts::guest_initrd_with_tool(art, &cross::build_test_bin("vmm-guest-tool")?)?;
+    payload.files.push((
+        "guest/initrd-with-tool.cpio.gz".into(),
+        initrd.clone(),
+        0o644,
+    ));
+    payload.env.push((
+        "GUEST_INITRD".into(),
+        "/guest/initrd-with-tool.cpio.gz".into(),
+    ));
+    Ok(initrd)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -224,7 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
-            let payload = host_payload()?;
+            let payload = host_payload(&art)?;
             let spec = qemu::HostSpec {
                 name: "vmm-host".into(),
                 cpu,
@@ -252,7 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
-            let payload = host_payload()?;
+            let payload = host_payload(&art)?;
             let (pa, pb) = qemu::free_udp_ports()?;
             let (a, b) = layers::pair_specs(
                 (&cpu_a, cntfrq_a),
@@ -277,7 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Demo { machine } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
-            let payload = host_payload()?;
+            let payload = host_payload(&art)?;
             let script = include_str!("../../resources/demo.sh");
             if layers::native_kvm() {
                 let vmm_dir = payload.files[0]
@@ -314,6 +351,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Bench { runs, timeout } => bench::run(runs, Duration::from_secs(timeout)),
         Task::FuzzApi { examples } => fuzz_api::run_fuzz(examples),
+        Task::Fuzz {
+            targets,
+            runs,
+            seconds,
+            sanitizer,
+        } => {
+            let budget = match seconds {
+                Some(s) => fuzz::Budget::Seconds(s),
+                None => fuzz::Budget::Runs(runs.unwrap_or(20_000)),
+            };
+            fuzz::run_fuzz(&targets, budget, &sanitizer)
+        }
         Task::Artifacts => {
             let cache = cache::Cache::open()?;
             let a = artifacts::ensure(&cache)?;
