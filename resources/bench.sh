@@ -148,7 +148,7 @@ blk() {
     wait "$pid"
     local rc=$? hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-    awk -v w="$w" -v r="$r" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
+    awk -v w="$w" -v r="$r" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
         split(w, a, " "); split(r, b, " ");
         ws = a[2] - a[1]; rs = b[2] - b[1];
         if (ws <= 0) ws = 0.01; if (rs <= 0) rs = 0.01;
