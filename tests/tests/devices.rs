@@ -406,10 +406,11 @@ fn guest_send_rate(g: &mut Guest, port: u16, mib: u32) -> f64 {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let out = g.sh(&format!("vmm-guest-tool send tcp:172.31.0.1:{port} {mib}"));
     let _ = sink.wait();
+    println!("send: {out:?}");
     out.iter()
         .find_map(|l| l.strip_prefix("SEND_MIBS "))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rate in {out:?}"))
+        .expect("vmm-guest-tool printed no SEND_MIBS line")
 }
 
 #[test]

@@ -24,7 +24,7 @@ use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockConfig};
 
-use crate::api::model::CacheType;
+use crate::api::model::{CacheType, RateLimiterConfig};
 use devices::{IrqLine, MmioBus};
 
 use crate::config::{ConfigError, VmConfig};
@@ -300,10 +300,7 @@ pub fn build(
                 CacheType::Unsafe => BlockCache::Unsafe,
                 CacheType::Writeback => BlockCache::Writeback,
             },
-            rate_limiter: d
-                .rate_limiter
-                .as_ref()
-                .map(crate::api::model::RateLimiterConfig::build),
+            rate_limiter: d.rate_limiter.as_ref().map(RateLimiterConfig::build),
         })
         .map_err(|e| {
             BuildError::Device(format!(
@@ -332,8 +329,8 @@ pub fn build(
             id: n.iface_id.clone(),
             tap: n.host_dev_name.clone(),
             mac,
-            rx_limiter: n.rx_rate_limiter.as_ref().map(|r| r.build()),
-            tx_limiter: n.tx_rate_limiter.as_ref().map(|r| r.build()),
+            rx_limiter: n.rx_rate_limiter.as_ref().map(RateLimiterConfig::build),
+            tx_limiter: n.tx_rate_limiter.as_ref().map(RateLimiterConfig::build),
         })
         .map_err(|e| {
             BuildError::Device(format!(

@@ -319,7 +319,7 @@ impl<B: Backend> Controller<B> {
             self.backend.update_device(
                 vm,
                 &device,
-                DeviceChange::RateLimiter(LimiterSlot::Main, updated.rate_limiter.clone()),
+                DeviceChange::RateLimiter(LimiterSlot::Main, updated.rate_limiter),
             )?;
         }
         self.base.drives[index] = updated;
@@ -369,11 +369,8 @@ impl<B: Backend> Controller<B> {
         ] {
             if let Some(r) = new {
                 *field = effective(r);
-                self.backend.update_device(
-                    vm,
-                    &device,
-                    DeviceChange::RateLimiter(slot, field.clone()),
-                )?;
+                self.backend
+                    .update_device(vm, &device, DeviceChange::RateLimiter(slot, *field))?;
             }
         }
         self.base.net[index] = updated;

@@ -7,6 +7,8 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod logger;
 pub mod metrics;
 

@@ -122,9 +122,11 @@ impl RunningVm {
         let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match change {
             DeviceChange::Backing(path) => t.swap_backing(std::path::Path::new(&path)),
-            DeviceChange::RateLimiter(slot, cfg) => t
-                .device_mut()
-                .set_rate_limiter(slot, cfg.as_ref().map(|c| c.build())),
+            DeviceChange::RateLimiter(slot, cfg) => t.device_mut().set_rate_limiter(
+                slot,
+                cfg.as_ref()
+                    .map(crate::api::model::RateLimiterConfig::build),
+            ),
         }
     }
 
