@@ -157,7 +157,7 @@ blk() {
 }
 
 # stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the
-# guest send 64 MiB to TARGET with vmm-guest-tool, and reports MiB/s (guest time) and the
+# guest send 32 MiB to TARGET with vmm-guest-tool, and reports MiB/s (guest time) and the
 # VM process's CPU time per MiB.
 stream() {
     local name=$1 run=$2 target=$3 sink=$4
@@ -168,11 +168,11 @@ stream() {
         case "$line" in *GUEST_READY*) break ;; esac
     done
     guest_run "$in" "$out" "dmesg -n 1; ip addr add 172.32.0.2/24 dev eth0 2>/dev/null; ip link set eth0 up 2>/dev/null; ping -c 1 -W 5 172.32.0.1 >/dev/null 2>&1; true" >/dev/null
-    bash -c "$sink" &
+    timeout 600 bash -c "$sink" &
     local sink_pid=$! c0 c1 rate
     sleep 0.5
     c0=$(cpu_ticks "$pid")
-    rate=$(guest_run "$in" "$out" "vmm-guest-tool send $target 64" | awk '/^SEND_MIBS/{print $2}')
+    rate=$(guest_run "$in" "$out" "vmm-guest-tool send $target 32" | awk '/^SEND_MIBS/{print $2}')
     c1=$(cpu_ticks "$pid")
     wait "$sink_pid" 2>/dev/null
     printf 'poweroff -f\n' >&"$in"
@@ -181,7 +181,7 @@ stream() {
     local rc=$? hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
     awk -v r="${rate:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        printf "BENCH %s %s mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n", n, run, r, c * 1000 / hz / 64, rc }' </dev/null
+        printf "BENCH %s %s mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n", n, run, r, c * 1000 / hz / 32, rc }' </dev/null
 }
 
 for run in $(seq "$runs"); do
