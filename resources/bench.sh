@@ -72,38 +72,6 @@ for run in $(seq "$runs"); do
     fi
 done
 
-# Network: guest to host over a tap, virtio-net over virtio-mmio on both sides.
-ip tuntap add dev bt0 mode tap vnet_hdr && ip addr add 172.32.0.1/24 dev bt0 && ip link set bt0 up
-net_sink="socat -u TCP-LISTEN:9200,reuseaddr OPEN:/dev/null"
-for run in $(seq "$runs"); do
-    stream net-vmm "$run" tcp:172.32.0.1:9200 "$net_sink" -- vmm run --kernel "$GUEST_KERNEL" \
-        --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 --cmdline "console=ttyS0 $cmdline" \
-        --net id=eth0,tap=bt0
-    if command -v qemu-system-aarch64 >/dev/null; then
-        stream net-qemu "$run" tcp:172.32.0.1:9200 "$net_sink" -- qemu-system-aarch64 -accel kvm \
-            -M virt,gic-version=3 -cpu host -smp 1 -m 256 -nodefaults -no-reboot -display none \
-            -serial stdio -netdev tap,id=n0,ifname=bt0,script=no,downscript=no \
-            -device virtio-net-device,netdev=n0 \
-            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
-    fi
-done
-
-# vsock: guest to host. vmm's hybrid vsock ends in a Unix socket; QEMU's vhost-vsock in the
-# host kernel's AF_VSOCK.
-for run in $(seq "$runs"); do
-    rm -f /tmp/bv.sock /tmp/bv.sock_5000
-    stream vsock-vmm "$run" vsock:2:5000 "socat -u UNIX-LISTEN:/tmp/bv.sock_5000 OPEN:/dev/null" -- \
-        vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 \
-        --cmdline "console=ttyS0 $cmdline" --vsock cid=3,path=/tmp/bv.sock
-    if command -v qemu-system-aarch64 >/dev/null && [ -e /dev/vhost-vsock ]; then
-        stream vsock-qemu "$run" vsock:2:5000 "socat -u VSOCK-LISTEN:5000 OPEN:/dev/null" -- \
-            qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
-            -nodefaults -no-reboot -display none -serial stdio \
-            -device vhost-vsock-device,guest-cid=3 \
-            -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
-    fi
-done
-
 # Block I/O: the same 64 MiB raw image behind vmm's virtio-blk and QEMU's virtio-blk-device
 # (both virtio-mmio). The guest times a 32 MiB sequential write (with fsync) and read (after
 # dropping caches) on its own clock; the VMM's CPU time comes from /proc/PID/stat.
