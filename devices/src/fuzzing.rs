@@ -177,6 +177,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// What a queue target left behind, for tests.
+#[cfg_attr(not(test), allow(dead_code))]
 struct QueueOutcome {
     mem: GuestMemoryMmap,
     used: Vec<(u32, u32)>,
@@ -257,9 +258,11 @@ pub fn vsock_tx(data: &[u8]) {
     run_vsock(data);
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 struct VsockOutcome {
     tx: QueueOutcome,
     rx: Vec<(u32, u32)>,
+    uds: PathBuf,
 }
 
 fn run_vsock(data: &[u8]) -> VsockOutcome {
@@ -271,7 +274,7 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
     port_path.push(format!("_{LISTENING_PORT}"));
     let port_path = RemoveOnDrop(port_path.into());
     let _listener = UnixListener::bind(&port_path.0).expect("a fresh socket path binds");
-    // Dropped (and so unlinked) on every return below, even an early one.
+    // The device unlinks `uds` when it is dropped, on every return below.
     let mut device = Vsock::new(&VsockConfig {
         guest_cid: GUEST_CID,
         uds_path: uds.clone(),
@@ -300,6 +303,7 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
                     used: Vec::new(),
                 },
                 rx: Vec::new(),
+                uds,
             };
         };
         write_payload(&mem, input.rest());
@@ -317,14 +321,22 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
     VsockOutcome {
         tx: QueueOutcome { mem, used },
         rx,
+        uds,
     }
 }
 
 /// The vsock packet header and payload split of a packet the guest sent, checking that what
 /// it accepts is consistent with the bytes.
 pub fn vsock_packet(data: &[u8]) {
-    if let Some(head) = data.get(..HDR_LEN).and_then(|h| <&[u8; HDR_LEN]>::try_from(h).ok()) {
-        assert_eq!(&Header::from_bytes(head).to_bytes(), head, "header round trip");
+    if let Some(head) = data
+        .get(..HDR_LEN)
+        .and_then(|h| <&[u8; HDR_LEN]>::try_from(h).ok())
+    {
+        assert_eq!(
+            &Header::from_bytes(head).to_bytes(),
+            head,
+            "header round trip"
+        );
     }
     if let Ok((h, payload)) = packet::parse_guest_packet(data, GUEST_CID) {
         assert_eq!((h.src_cid, h.dst_cid), (GUEST_CID, packet::HOST_CID));
@@ -337,8 +349,15 @@ pub fn vsock_packet(data: &[u8]) {
 /// complete and within the limit.
 pub fn vsock_connect_line(data: &[u8]) {
     if let Ok(Some((_, used))) = packet::parse_connect_line(data) {
-        assert!(used <= MAX_CONNECT_LINE && used <= data.len(), "line length");
-        assert_eq!(data.get(used.wrapping_sub(1)), Some(&b'\n'), "ends the line");
+        assert!(
+            used <= MAX_CONNECT_LINE && used <= data.len(),
+            "line length"
+        );
+        assert_eq!(
+            data.get(used.wrapping_sub(1)),
+            Some(&b'\n'),
+            "ends the line"
+        );
     }
 }
 
@@ -349,7 +368,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator from a seed (zero is replaced, as it would stay zero).
     pub fn new(seed: u64) -> Self {
-        Self(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        Self(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// The next value.
@@ -372,13 +395,10 @@ pub fn seed_corpus(target: &str) -> Vec<Vec<u8>> {
         .join("../fuzz/corpus")
         .join(target);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     paths.sort();
-    paths
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .collect()
+    paths.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 
 /// The inputs of a smoke run: the seed corpus, then `count` deterministic pseudo-random
@@ -399,7 +419,11 @@ pub fn smoke_inputs(target: &str, count: usize) -> Vec<Vec<u8>> {
                 1 => v.truncate(at),
                 2 => {
                     // An interesting value: all ones, or a small number.
-                    let b = if r.below(2) == 0 { 0xff } else { r.below(4) as u8 };
+                    let b = if r.below(2) == 0 {
+                        0xff
+                    } else {
+                        r.below(4) as u8
+                    };
                     if let Some(x) = v.get_mut(at) {
                         *x = b;
                     }
@@ -420,13 +444,12 @@ pub fn smoke_inputs(target: &str, count: usize) -> Vec<Vec<u8>> {
 pub fn smoke(target: &str, count: usize, target_fn: fn(&[u8])) {
     for (i, input) in smoke_inputs(target, count).iter().enumerate() {
         let slice: &[u8] = input;
-        if std::panic::catch_unwind(|| target_fn(slice)).is_err() {
+        let outcome = std::panic::catch_unwind(|| target_fn(slice));
+        if let Err(payload) = outcome {
             let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
             // The panic itself was printed above by the panic hook.
-            #[allow(clippy::panic)]
-            {
-                panic!("{target}: input {i} panicked: {hex}");
-            }
+            eprintln!("{target}: smoke input {i} panicked; its bytes in hex: {hex}");
+            std::panic::resume_unwind(payload);
         }
     }
 }
@@ -437,6 +460,9 @@ mod tests {
     //! (`VMM_UPDATE_FUZZ_SEEDS=1` rewrites them), and each seed must reach the code it is for.
 
     use super::*;
+
+    /// Named seeds of one target.
+    type Seeds = Vec<(&'static str, Vec<u8>)>;
 
     const NEXT: u8 = VRING_DESC_F_NEXT as u8;
     const WRITE: u8 = VRING_DESC_F_WRITE as u8;
@@ -484,7 +510,7 @@ mod tests {
         PAYLOAD + off
     }
 
-    fn block_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn block_seeds() -> Seeds {
         let mut write = blk_header(1, 5);
         write.resize(0x100, 0);
         write.extend_from_slice(&[0xab; 512]);
@@ -566,7 +592,7 @@ mod tests {
         ]
     }
 
-    fn rng_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn rng_seeds() -> Seeds {
         vec![
             ("one-buffer", queue(4, &[(at(0), 64, WRITE, 0)], &[0], &[])),
             (
@@ -606,7 +632,8 @@ mod tests {
         payload.resize(0x80, 0);
         payload.extend_from_slice(b"hello");
         payload.resize(0xc0, 0);
-        payload.extend_from_slice(&vsock_hdr(op::SHUTDOWN, 5000, LISTENING_PORT, 0, 3));
+        let flags = packet::SHUTDOWN_SEND;
+        payload.extend_from_slice(&vsock_hdr(op::SHUTDOWN, 5000, LISTENING_PORT, 0, flags));
         [0u8]
             .into_iter()
             .chain(queue(
@@ -638,7 +665,7 @@ mod tests {
         v
     }
 
-    fn vsock_tx_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn vsock_tx_seeds() -> Seeds {
         let stray = [0u8]
             .into_iter()
             .chain(queue(
@@ -655,7 +682,7 @@ mod tests {
         ]
     }
 
-    fn vsock_packet_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn vsock_packet_seeds() -> Seeds {
         let mut rw = vsock_hdr(op::RW, 5000, 52, 3, 0);
         rw.extend_from_slice(b"abc");
         vec![
@@ -664,14 +691,14 @@ mod tests {
         ]
     }
 
-    fn connect_line_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn connect_line_seeds() -> Seeds {
         vec![
             ("connect", b"CONNECT 52\n".to_vec()),
             ("connect-crlf-early-data", b"CONNECT 1024\r\nabc".to_vec()),
         ]
     }
 
-    fn all_seeds() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
+    fn all_seeds() -> Vec<(&'static str, Seeds)> {
         vec![
             ("block_request", block_seeds()),
             ("rng_queue", rng_seeds()),
@@ -693,8 +720,8 @@ mod tests {
                     std::fs::create_dir_all(&dir).unwrap();
                     std::fs::write(&path, &bytes).unwrap();
                 }
-                let on_disk = std::fs::read(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let on_disk =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(on_disk, bytes, "{} is stale", path.display());
             }
         }
@@ -711,7 +738,10 @@ mod tests {
         assert_eq!(out.used, vec![(0, 1025)]);
         assert_eq!(status(&out.mem, at(0x1000)), 0, "read OK");
         let out = run_block(&seeds["write"]);
-        assert_eq!((out.used.clone(), status(&out.mem, at(0x1000))), (vec![(0, 1)], 0));
+        assert_eq!(
+            (out.used.clone(), status(&out.mem, at(0x1000))),
+            (vec![(0, 1)], 0)
+        );
         let out = run_block(&seeds["flush-and-get-id"]);
         assert_eq!(out.used, vec![(0, 1), (2, 21)]);
         assert_eq!(
@@ -719,7 +749,9 @@ mod tests {
             (0, 0)
         );
         let mut id = [0u8; 4];
-        out.mem.read_slice(&mut id, GuestAddress(at(0x200))).unwrap();
+        out.mem
+            .read_slice(&mut id, GuestAddress(at(0x200)))
+            .unwrap();
         assert_eq!(&id, b"fuzz");
         let out = run_block(&seeds["indirect-read"]);
         assert_eq!(out.used, vec![(0, 513)]);
@@ -746,7 +778,7 @@ mod tests {
         out.rx
             .iter()
             .map(|&(id, len)| {
-                assert_eq!(len as usize, HDR_LEN);
+                assert!(len as usize >= HDR_LEN, "a whole header");
                 let mut b = [0u8; HDR_LEN];
                 let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_LEN);
                 out.tx.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
@@ -760,7 +792,11 @@ mod tests {
         let out = run_vsock(&vsock_guest_connects());
         assert_eq!(out.tx.used.len(), 3);
         let ops: Vec<u16> = rx_headers(&out).iter().map(|h| h.op).collect();
-        assert_eq!(ops, vec![op::RESPONSE], "the guest's connection is accepted");
+        assert_eq!(
+            ops,
+            vec![op::RESPONSE],
+            "the guest's connection is accepted"
+        );
 
         let out = run_vsock(&vsock_host_connects());
         let got: Vec<(u16, u32)> = rx_headers(&out)
@@ -779,21 +815,13 @@ mod tests {
 
     #[test]
     fn vsock_leaves_no_socket_files() {
-        let before = unique_temp_path("vsock");
-        run_vsock(&vsock_guest_connects());
-        let prefix = format!("vmm-fuzz-vsock-{}-", std::process::id());
-        let n: u64 = before
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|n| n.parse().ok())
-            .unwrap();
-        for k in n..n + 2 {
-            let p = std::env::temp_dir().join(format!("{prefix}{k}"));
-            assert!(!p.exists(), "{}", p.display());
-            let mut q = p.into_os_string();
-            q.push(format!("_{LISTENING_PORT}"));
-            assert!(!PathBuf::from(q).exists());
+        for (_, seed) in vsock_tx_seeds() {
+            let out = run_vsock(&seed);
+            let mut port = out.uds.clone().into_os_string();
+            port.push(format!("_{LISTENING_PORT}"));
+            for p in [out.uds, PathBuf::from(port)] {
+                assert!(!p.exists(), "{} is left behind", p.display());
+            }
         }
     }
 

@@ -2,6 +2,8 @@
 //! legacy devices (16550 serial, PL031 RTC, boot timer), and the virtio devices.
 
 pub mod bus;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod irq;
 pub mod legacy;
 pub mod rate_limiter;

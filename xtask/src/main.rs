@@ -199,8 +199,7 @@ pub fn host_payload(art: &artifacts::Artifacts) -> Result<qemu::Payload> {
 
 /// Adds the guest initramfs with `vmm-guest-tool` and points `GUEST_INITRD` at it; returns it.
 pub fn add_guest_tool(payload: &mut qemu::Payload, art: &artifacts::Artifacts) -> Result<PathBuf> {
-    let initrd =
-        artifacts::guest_initrd_with_tool(art, &cross::build_test_bin("vmm-guest-tool")?)?;
+    let initrd = artifacts::guest_initrd_with_tool(art, &cross::build_test_bin("vmm-guest-tool")?)?;
     payload.files.push((
         "guest/initrd-with-tool.cpio.gz".into(),
         initrd.clone(),
