@@ -140,7 +140,14 @@ fn the_getting_started_sequence_with_curl() {
         ),
         ("GET", "/no/such/thing", None, 404, "no resource"),
         ("DELETE", "/vm", None, 405, "not allowed"),
-        ("PUT", "/vsock", Some("{}"), 400, "not supported yet"),
+        ("PUT", "/balloon", Some("{}"), 400, "not supported yet"),
+        (
+            "PUT",
+            "/vsock",
+            Some("{}"),
+            400,
+            "missing field `guest_cid`",
+        ),
         (
             "PUT",
             "/drives/rootfs",

@@ -139,12 +139,23 @@ fn config_file_errors_name_the_problem() {
     );
     let vsock = temp(
         "vsock.json",
-        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v"}}}}"#)
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/nonexistent-dir/v.sock"}}}}"#)
             .as_bytes(),
     );
     assert_refused(
         &["--config-file", &vsock, "--no-api"],
-        "section 'vsock' is not supported yet",
+        "the directory /nonexistent-dir does not exist",
+    );
+    let balloon = temp(
+        "balloon.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "balloon": {{"amount_mib": 8}}}}"#
+        )
+        .as_bytes(),
+    );
+    assert_refused(
+        &["--config-file", &balloon, "--no-api"],
+        "section 'balloon' is not supported yet",
     );
     let mac = temp(
         "mac.json",
