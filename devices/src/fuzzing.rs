@@ -799,13 +799,21 @@ mod tests {
         );
 
         let out = run_vsock(&vsock_host_connects());
+        assert_eq!(out.tx.used.len(), 1);
         let got: Vec<(u16, u32)> = rx_headers(&out)
             .iter()
             .map(|h| (h.op, h.dst_port))
             .collect();
-        assert_eq!(out.tx.used.len(), 1);
-        // The REQUEST went out before the guest's RESPONSE was read; then the early bytes.
-        assert!(got.contains(&(op::RW, 52)), "{got:?}");
+        // The REQUEST was still owed when the guest's RESPONSE came; then the early bytes.
+        assert_eq!(got, vec![(op::REQUEST, 52), (op::RW, 52)]);
+        let (id, len) = out.rx[1];
+        let mut early = vec![0u8; len as usize - HDR_LEN];
+        let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_LEN) + HDR_LEN as u64;
+        out.tx
+            .mem
+            .read_slice(&mut early, GuestAddress(addr))
+            .unwrap();
+        assert_eq!(early, b"early");
 
         let stray = &vsock_tx_seeds()[2].1;
         let out = run_vsock(stray);
