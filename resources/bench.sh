@@ -110,7 +110,9 @@ blk() {
     w=$(guest_run "$in" "$out" "dmesg -n 1; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
     r=$(guest_run "$in" "$out" "echo 3 > /proc/sys/vm/drop_caches; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M count=32 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
     c1=$(cpu_ticks "$pid")
-    iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5" | awk '/^RANDREAD_IOPS/{print $2}')
+    # No pipeline on guest_run: the coprocess's descriptors are not there in a pipeline's subshell.
+    iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5")
+    iops=$(printf '%s\n' "$iops" | awk '/^RANDREAD_IOPS/{print $2}')
     printf 'poweroff -f\n' >&"$in"
     while IFS= read -r -t 900 line <&"$out"; do :; done
     wait "$pid"
@@ -140,7 +142,8 @@ stream() {
     local sink_pid=$! c0 c1 rate
     sleep 0.5
     c0=$(cpu_ticks "$pid")
-    rate=$(guest_run "$in" "$out" "vmm-guest-tool send $target 32" | awk '/^SEND_MIBS/{print $2}')
+    rate=$(guest_run "$in" "$out" "vmm-guest-tool send $target 32")
+    rate=$(printf '%s\n' "$rate" | awk '/^SEND_MIBS/{print $2}')
     c1=$(cpu_ticks "$pid")
     wait "$sink_pid" 2>/dev/null
     printf 'poweroff -f\n' >&"$in"
