@@ -51,6 +51,17 @@ fn effective(r: RateLimiterConfig) -> Option<RateLimiterConfig> {
     (r.bandwidth.is_some() || r.ops.is_some()).then_some(r)
 }
 
+/// A device id in a request body must match the one in its path.
+fn same_id(field: &str, body: &str, path: &str) -> Result<(), String> {
+    if body == path {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} '{body}' in the body differs from '{path}' in the path"
+        ))
+    }
+}
+
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
 
@@ -263,12 +274,7 @@ impl<B: Backend> Controller<B> {
     }
 
     fn put_drive(&mut self, id: &str, d: Drive) -> Result<(), String> {
-        if d.drive_id != id {
-            return Err(format!(
-                "drive_id '{}' in the body differs from '{id}' in the path",
-                d.drive_id
-            ));
-        }
+        same_id("drive_id", &d.drive_id, id)?;
         d.validate()?;
         check_drive_file(&d)?;
         let mut next = self.base.clone();
@@ -285,12 +291,7 @@ impl<B: Backend> Controller<B> {
         let Some(vm) = self.vm.as_ref() else {
             return Err(BEFORE_START.into());
         };
-        if p.drive_id != id {
-            return Err(format!(
-                "drive_id '{}' in the body differs from '{id}' in the path",
-                p.drive_id
-            ));
-        }
+        same_id("drive_id", &p.drive_id, id)?;
         if p.path_on_host.is_none() && p.rate_limiter.is_none() {
             return Err("the patch changes nothing: give path_on_host or rate_limiter".into());
         }
@@ -330,12 +331,7 @@ impl<B: Backend> Controller<B> {
         let Some(vm) = self.vm.as_ref() else {
             return Err(BEFORE_START.into());
         };
-        if p.iface_id != id {
-            return Err(format!(
-                "iface_id '{}' in the body differs from '{id}' in the path",
-                p.iface_id
-            ));
-        }
+        same_id("iface_id", &p.iface_id, id)?;
         if p.rx_rate_limiter.is_none() && p.tx_rate_limiter.is_none() {
             return Err(
                 "the patch changes nothing: give rx_rate_limiter or tx_rate_limiter".into(),
@@ -378,12 +374,7 @@ impl<B: Backend> Controller<B> {
     }
 
     fn put_net(&mut self, id: &str, n: NetworkInterface) -> Result<(), String> {
-        if n.iface_id != id {
-            return Err(format!(
-                "iface_id '{}' in the body differs from '{id}' in the path",
-                n.iface_id
-            ));
-        }
+        same_id("iface_id", &n.iface_id, id)?;
         n.validate()?;
         let mut next = self.base.clone();
         match next.net.iter_mut().find(|o| o.iface_id == id) {

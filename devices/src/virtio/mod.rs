@@ -84,6 +84,20 @@ pub enum LimiterSlot {
     Tx,
 }
 
+/// `set_rate_limiter` for a device with one limiter, kept in `field`.
+pub fn set_main_limiter(
+    field: &mut Option<crate::rate_limiter::RateLimiter>,
+    slot: LimiterSlot,
+    limiter: Option<crate::rate_limiter::RateLimiter>,
+    device: &str,
+) -> Result<(), String> {
+    if slot != LimiterSlot::Main {
+        return Err(format!("{device} has one rate_limiter"));
+    }
+    *field = limiter;
+    Ok(())
+}
+
 /// One descriptor of a request, already read from the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desc {

@@ -314,11 +314,7 @@ impl VirtioDevice for Block {
         slot: crate::virtio::LimiterSlot,
         limiter: Option<RateLimiter>,
     ) -> Result<(), String> {
-        if slot != crate::virtio::LimiterSlot::Main {
-            return Err("a drive has one rate_limiter".into());
-        }
-        self.cfg.rate_limiter = limiter;
-        Ok(())
+        crate::virtio::set_main_limiter(&mut self.cfg.rate_limiter, slot, limiter, "a drive")
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {

@@ -69,11 +69,7 @@ impl VirtioDevice for Rng {
         slot: crate::virtio::LimiterSlot,
         limiter: Option<RateLimiter>,
     ) -> Result<(), String> {
-        if slot != crate::virtio::LimiterSlot::Main {
-            return Err("the entropy device has one rate_limiter".into());
-        }
-        self.limiter = limiter;
-        Ok(())
+        crate::virtio::set_main_limiter(&mut self.limiter, slot, limiter, "the entropy device")
     }
 
     fn metrics(&self) -> Vec<(&'static str, u64)> {
