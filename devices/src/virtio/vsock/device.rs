@@ -381,8 +381,7 @@ impl Vsock {
                 Ok(true) => match parse_guest_packet(&packet, self.cid) {
                     Ok((h, payload)) => {
                         self.stats.tx_packets += 1;
-                        let payload = payload.to_vec();
-                        self.handle_tx_packet(h, &payload);
+                        self.handle_tx_packet(h, payload);
                     }
                     Err(e) => {
                         log::debug!("vsock: dropped a guest packet: {e}");
