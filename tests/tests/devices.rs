@@ -332,6 +332,19 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
         g.sh("cat /sys/class/net/eth0/address"),
         vec!["06:00:ac:1e:00:02".to_string()]
     );
+    // The driver took checksum and segmentation offloads, mergeable buffers and event indices.
+    let features = g.sh("cat /sys/class/net/eth0/device/features");
+    let bits = features.first().map(String::as_bytes).unwrap_or_default();
+    for (bit, name) in [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (7, "GUEST_TSO4"),
+        (11, "HOST_TSO4"),
+        (15, "MRG_RXBUF"),
+        (29, "EVENT_IDX"),
+    ] {
+        assert_eq!(bits.get(bit), Some(&b'1'), "{name} in {features:?}");
+    }
     g.sh("ip addr add 172.30.0.2/24 dev eth0; ip link set eth0 up");
     let ping = g.sh("ping -c 3 -W 5 172.30.0.1 >/dev/null 2>&1; echo rc=$?");
     assert_eq!(ping, vec!["rc=0".to_string()], "the guest pings the host");
@@ -346,7 +359,14 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
     let sum =
         g.sh("dd if=/dev/urandom of=/tmp/up.bin bs=1M count=50 2>/dev/null; sha256sum /tmp/up.bin");
     let up_sum = sum[0].split_whitespace().next().expect("sum").to_string();
+    let tx_before = guest_counter(&mut g, "tx_packets");
     g.sh("nc -w 10 172.30.0.1 9000 < /tmp/up.bin; rm /tmp/up.bin");
+    let tx_frames = guest_counter(&mut g, "tx_packets") - tx_before;
+    // 50 MiB in 1500-byte frames would be over 36,000 of them.
+    assert!(
+        tx_frames < 20_000,
+        "{tx_frames} frames for 50 MiB: the guest did not segment-offload"
+    );
     let _ = listener.wait();
     assert_eq!(
         sha256_of(&recv),
@@ -361,6 +381,7 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
         send.display()
     ));
     // The quotes keep the echoed command line from matching the marker.
+    let rx_before = guest_counter(&mut g, "rx_packets");
     g.send("(nc -l -p 9001 > /tmp/down.bin; echo DOWN''_DONE) &\n");
     let mut sent = false;
     for _ in 0..100 {
@@ -380,6 +401,11 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
     }
     assert!(sent, "the guest listener was never reached");
     g.wait_for("DOWN_DONE");
+    let rx_frames = guest_counter(&mut g, "rx_packets") - rx_before;
+    assert!(
+        rx_frames < 20_000,
+        "{rx_frames} frames for 50 MiB: the tap did not pass large segments"
+    );
     let down = g.sh("sha256sum /tmp/down.bin");
     assert_eq!(
         down[0].split_whitespace().next().unwrap_or_default(),
@@ -391,6 +417,15 @@ fn the_guest_network_reaches_the_host_through_a_tap() {
     for p in [cfg, recv, send] {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// A counter of the guest's eth0 (/sys/class/net/eth0/statistics).
+fn guest_counter(g: &mut Guest, name: &str) -> u64 {
+    let out = g.sh(&format!("cat /sys/class/net/eth0/statistics/{name}"));
+    out.first()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no {name} counter: {out:?}"))
+        .expect("an eth0 counter")
 }
 
 /// Runs `vmm-guest-tool send` in the guest against a host socat sink; returns MiB/s.

@@ -12,7 +12,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
 use crate::bus::MmioDevice;
 use crate::irq::IrqLine;
 
@@ -230,7 +230,13 @@ impl MmioTransport {
                 .iter()
                 .zip(&self.bad_size)
                 .all(|(q, bad)| !q.ready() || (!bad && q.is_valid(&self.mem)));
-            if !negotiated || !queues_ok {
+            if negotiated && queues_ok {
+                let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+                for q in &mut self.queues {
+                    q.set_event_idx(event_idx);
+                }
+                self.device.activate(self.acked_features);
+            } else {
                 log::warn!(
                     "virtio device {} refused DRIVER_OK: {}",
                     self.device.device_type(),
@@ -257,10 +263,58 @@ impl MmioTransport {
         if !q.ready() {
             return;
         }
-        if self.device.process_queue(index, q, &self.mem) {
+        let used = self.serve(index);
+        self.interrupt_if_needed(used);
+        self.collect_retry();
+    }
+
+    fn event_idx(&self) -> bool {
+        self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0
+    }
+
+    /// What the transport offers: the device's features and used/available event indices.
+    fn offered_features(&self) -> u64 {
+        self.device.avail_features() | VIRTIO_RING_F_EVENT_IDX
+    }
+
+    /// Lets the device serve queue `index` until it stops making progress. With event indices,
+    /// each pass ends by asking the driver to notify at the next available entry, and then
+    /// looks again, so that buffers added during the pass are not left without a notification.
+    fn serve(&mut self, index: usize) -> bool {
+        let event_idx = self.event_idx();
+        let Some(q) = self.queues.get_mut(index) else {
+            return false;
+        };
+        let mut used = false;
+        loop {
+            let start = q.next_avail();
+            used |= self.device.process_queue(index, q, &self.mem);
+            if !event_idx || !Self::rearm(q, &self.mem) || q.next_avail() == start {
+                return used;
+            }
+        }
+    }
+
+    /// Sets the available event to where the device stopped; true when the driver has added
+    /// more since.
+    fn rearm(q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        q.enable_notification(mem).unwrap_or(false)
+    }
+
+    /// Raises the used-buffer interrupt if buffers were used and, with event indices, some
+    /// queue passed the driver's used event.
+    fn interrupt_if_needed(&mut self, used: bool) {
+        if !used {
+            return;
+        }
+        let mut needed = false;
+        for q in self.queues.iter_mut().filter(|q| q.ready()) {
+            // Every queue is asked, so that each forgets what it has already signalled.
+            needed |= q.needs_notification(&self.mem).unwrap_or(true);
+        }
+        if needed {
             self.raise(INT_VRING);
         }
-        self.collect_retry();
     }
 
     fn collect_retry(&mut self) {
@@ -279,9 +333,17 @@ impl MmioTransport {
         if !self.is_activated() {
             return;
         }
-        if self.device.process_event(fd, &mut self.queues, &self.mem) {
-            self.raise(INT_VRING);
+        let starts: Vec<u16> = self.queues.iter().map(QueueT::next_avail).collect();
+        let mut used = self.device.process_event(fd, &mut self.queues, &self.mem);
+        if self.event_idx() {
+            for (i, start) in starts.into_iter().enumerate() {
+                let q = &mut self.queues[i];
+                if q.ready() && Self::rearm(q, &self.mem) && q.next_avail() != start {
+                    used |= self.serve(i);
+                }
+            }
         }
+        self.interrupt_if_needed(used);
         self.collect_retry();
     }
 
@@ -304,8 +366,8 @@ impl MmioTransport {
             reg::DEVICE_ID => self.device.device_type(),
             reg::VENDOR_ID => VENDOR,
             reg::DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.avail_features() as u32,
-                1 => (self.device.avail_features() >> 32) as u32,
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
                 _ => 0,
             },
             reg::QUEUE_NUM_MAX => self.selected().map_or(0, |q| u32::from(q.max_size())),
@@ -329,7 +391,7 @@ impl MmioTransport {
                     _ => return,
                 };
                 let mask = 0xffff_ffffu64 << shift;
-                let offered = self.device.avail_features();
+                let offered = self.offered_features();
                 self.acked_features =
                     (self.acked_features & !mask) | ((u64::from(v) << shift) & mask & offered);
             }

@@ -14,6 +14,11 @@ use vm_memory::GuestMemoryMmap;
 
 /// `VIRTIO_F_VERSION_1`: every device offers it and the driver must accept it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_RING_F_EVENT_IDX`: the used and available event indices suppress notifications and
+/// interrupts. The transport offers it for every device.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// `VIRTIO_RING_F_INDIRECT_DESC`: a descriptor may point at a table of descriptors.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 /// Device type IDs (virtio 1.x section 5).
 pub mod device_type {
@@ -42,6 +47,8 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Serves the available requests of queue `index`; returns whether any was completed.
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// The driver set DRIVER_OK after accepting `features`.
+    fn activate(&mut self, _features: u64) {}
     /// Forgets per-driver state after a reset.
     fn reset(&mut self) {}
     /// After `process_queue` stopped early because a rate limiter ran dry: how long to wait

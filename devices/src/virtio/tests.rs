@@ -597,3 +597,47 @@ fn random_rings_never_break_a_device() {
     );
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn event_indices_suppress_interrupts_until_the_drivers_used_event() {
+    let m = mem();
+    let size = 16u16;
+    let mq = MockSplitQueue::create(&m, GuestAddress(0), size);
+    // The mock's used ring overlaps the avail ring's used_event field; use a ring of our own.
+    let used_ring = 0x3000u64;
+    let used_idx = |m: &GuestMemoryMmap| -> u16 { m.read_obj(GuestAddress(used_ring + 2)).unwrap() };
+    let used_event = mq.avail_addr().0 + 4 + 2 * u64::from(size);
+    let avail_event = used_ring + 4 + 8 * u64::from(size);
+    let mut t =
+        MmioTransport::new(Box::new(Rng::new()), m.clone(), IrqLine::new().unwrap()).unwrap();
+    write_reg(&mut t, 0x14, 0);
+    assert_ne!(read_reg(&mut t, 0x10) & (1 << 29), 0, "EVENT_IDX offered");
+    write_reg(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+    write_reg(&mut t, 0x24, 0);
+    write_reg(&mut t, 0x20, 1 << 29);
+    handshake(&mut t, 1);
+    setup_queue(&mut t, &mq, u32::from(size));
+    write_reg(&mut t, 0x44, 0);
+    write_reg(&mut t, 0xa0, used_ring as u32);
+    write_reg(&mut t, 0x44, 1);
+    write_reg(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+    assert!(t.is_activated());
+    // The driver wants an interrupt once the used index passes 1.
+    m.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    add_chain(&mq, 0, &[(DATA, 64, true)]);
+    t.process(0);
+    assert_eq!(used_idx(&m), 1);
+    assert_eq!(read_reg(&mut t, 0x60), 0, "no interrupt before the used event");
+    let ev: u16 = m.read_obj(GuestAddress(avail_event)).unwrap();
+    assert_eq!(ev, 1, "the driver is asked to notify at the next entry");
+    add_chain(&mq, 1, &[(DATA + 0x1000, 64, true)]);
+    t.process(0);
+    assert_eq!(used_idx(&m), 2);
+    assert_eq!(read_reg(&mut t, 0x60), 1, "interrupt at the used event");
+    let ev: u16 = m.read_obj(GuestAddress(avail_event)).unwrap();
+    assert_eq!(ev, 2);
+}

@@ -11,7 +11,8 @@ use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use super::request::{self, RequestError, RequestType, Status};
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
-    Desc, VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
+    Desc, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, descriptors, device_type,
+    read_config_bytes,
 };
 
 const SECTOR: u64 = 512;
@@ -23,7 +24,6 @@ const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 /// one segment per request, which cuts sequential I/O into 4 KiB requests.
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 /// Indirect descriptor tables, so large requests do not fill the ring.
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 /// Data segments per request: the ring less the header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;

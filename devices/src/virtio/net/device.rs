@@ -1,26 +1,56 @@
 //! The network device: transmit queue to the tap, tap to receive queue. The tap is watched
 //! edge-triggered by the device thread; frames that find no receive buffer wait until the
 //! guest adds some.
+//!
+//! Offloads: the guest may hand over partially checksummed frames and TCP segments of up to
+//! 64 KiB (CSUM, HOST_TSO4/6), which the tap takes as they are, and may take the same from the
+//! tap (GUEST_CSUM, GUEST_TSO4/6, set on the tap with TUNSETOFFLOAD once the driver is ready).
+//! With mergeable receive buffers (MRG_RXBUF) a large frame is spread over as many small
+//! buffers as it needs.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::tap::{Tap, VNET_HDR_LEN};
+use super::rx::{self, Placed};
+use super::tap::{Tap, VNET_HDR_LEN, offload};
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
-    Desc, LimiterSlot, VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type,
-    read_config_bytes,
+    Desc, LimiterSlot, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
+    descriptors, device_type, read_config_bytes,
 };
 
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// The largest frame with its header: 64 KiB of payload plus Ethernet and vnet headers.
 const MAX_FRAME: usize = 65562;
+
+/// Feature bits (virtio 1.x section 5.1.3).
+pub mod feature {
+    /// The device takes frames with partial checksums.
+    pub const CSUM: u64 = 1 << 0;
+    /// The driver takes frames with partial checksums.
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// The driver takes TCPv4 segments.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// The driver takes TCPv6 segments.
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    /// The driver takes TSO with ECN.
+    pub const GUEST_ECN: u64 = 1 << 9;
+    /// The device takes TCPv4 segments.
+    pub const HOST_TSO4: u64 = 1 << 11;
+    /// The device takes TCPv6 segments.
+    pub const HOST_TSO6: u64 = 1 << 12;
+    /// The device takes TSO with ECN.
+    pub const HOST_ECN: u64 = 1 << 13;
+    /// The driver can merge receive buffers.
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    /// The config space holds the MAC address.
+    pub const MAC: u64 = 1 << 5;
+}
 
 /// How to build a network device.
 #[derive(Debug, Clone)]
@@ -43,8 +73,13 @@ pub struct Net {
     tap: Tap,
     config: [u8; 8],
     mac: bool,
-    pending: Option<Vec<u8>>,
+    /// Whether the driver merges receive buffers.
+    mergeable: bool,
+    /// The length of the frame waiting in `buf` for receive buffers, if one is.
+    pending: Option<usize>,
     buf: Vec<u8>,
+    /// Chains a frame went into: (head, bytes written).
+    placed: Vec<(u16, u32)>,
     stats: [u64; 8],
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
@@ -63,8 +98,10 @@ impl Net {
             tap,
             config,
             mac: cfg.mac.is_some(),
+            mergeable: false,
             pending: None,
             buf: vec![0; MAX_FRAME],
+            placed: Vec::new(),
             stats: [0; 8],
             rx_limiter: cfg.rx_limiter,
             tx_limiter: cfg.tx_limiter,
@@ -87,26 +124,15 @@ impl Net {
                             break;
                         }
                     }
-                    let mut frame = Vec::new();
-                    let mut ok = true;
-                    for d in &descs {
-                        let start = frame.len();
-                        frame.resize(start + d.len as usize, 0);
-                        if mem.read_slice(&mut frame[start..], d.addr).is_err() {
-                            ok = false;
-                            break;
+                    match self.send(&descs, bytes as usize, mem) {
+                        Ok(()) => {
+                            self.stats[0] += 1;
+                            self.stats[1] += bytes - VNET_HDR_LEN as u64;
                         }
-                    }
-                    if ok && frame.len() > VNET_HDR_LEN {
-                        match self.tap.write_frame(&frame) {
-                            Ok(()) => {
-                                self.stats[0] += 1;
-                                self.stats[1] += (frame.len() - VNET_HDR_LEN) as u64;
-                            }
-                            Err(_) => self.stats[4] += 1,
+                        Err(e) => {
+                            log::debug!("virtio-net: frame to {}: {e}", self.tap.name());
+                            self.stats[4] += 1;
                         }
-                    } else {
-                        self.stats[4] += 1;
                     }
                 }
                 _ => self.stats[4] += 1,
@@ -119,87 +145,126 @@ impl Net {
         used
     }
 
+    /// Hands one frame (header included) to the tap, straight from guest memory when each
+    /// buffer lies in one memory region, else through `buf`.
+    fn send(&mut self, descs: &[Desc], len: usize, mem: &GuestMemoryMmap) -> std::io::Result<()> {
+        if len <= VNET_HDR_LEN {
+            return Err(std::io::Error::other("frame shorter than its header"));
+        }
+        let slices: Option<Vec<_>> = descs
+            .iter()
+            .map(|d| mem.get_slice(d.addr, d.len as usize).ok())
+            .collect();
+        let written = match slices {
+            Some(slices) => {
+                let iov: Vec<libc::iovec> = slices
+                    .iter()
+                    .map(|s| libc::iovec {
+                        iov_base: s.ptr_guard().as_ptr().cast::<libc::c_void>().cast_mut(),
+                        iov_len: s.len(),
+                    })
+                    .collect();
+                // The slices borrow `mem`, whose mappings outlive this call.
+                self.tap.write_iov(&iov)?
+            }
+            None => {
+                let mut off = 0;
+                for d in descs {
+                    let end = off + d.len as usize;
+                    mem.read_slice(&mut self.buf[off..end], d.addr)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    off = end;
+                }
+                self.tap.write_iov(&[libc::iovec {
+                    iov_base: self.buf.as_mut_ptr().cast(),
+                    iov_len: len,
+                }])?
+            }
+        };
+        if written != len {
+            return Err(std::io::Error::other(format!(
+                "the tap took {written} of {len} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Moves frames from the tap to the guest while it has receive buffers.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         loop {
-            if self.pending.is_none() {
-                match self.tap.read_frame(&mut self.buf) {
-                    Ok(Some(n)) if n > 0 => self.pending = Some(self.buf[..n].to_vec()),
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.buf) {
+                    Ok(Some(n)) if n > 0 => n,
                     Ok(_) => break,
                     Err(e) => {
                         log::warn!("virtio-net: reading {}: {e}", self.tap.name());
                         break;
                     }
+                },
+            };
+            self.pending = Some(len);
+            let placed = rx::place(
+                queue,
+                mem,
+                &mut self.buf[..len],
+                self.mergeable,
+                &mut self.placed,
+            );
+            match placed {
+                Placed::NoRoom => break,
+                Placed::Delivered => {
+                    if let Some(l) = self.rx_limiter.as_mut() {
+                        if let Err(wait) = l.admit(len as u64, Instant::now()) {
+                            // The buffers go back to the ring; the frame waits for tokens.
+                            rx::unpop(queue, self.placed.len());
+                            self.throttled(wait, 6);
+                            break;
+                        }
+                    }
+                    self.stats[2] += 1;
+                    self.stats[3] += len.saturating_sub(VNET_HDR_LEN) as u64;
+                    self.pending = None;
                 }
-            }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let Some(mut frame) = self.pending.take() else {
-                break;
-            };
-            if let Some(l) = self.rx_limiter.as_mut() {
-                if let Err(wait) = l.admit(frame.len() as u64, Instant::now()) {
-                    queue.go_to_previous_position();
-                    self.pending = Some(frame);
-                    self.throttled(wait, 6);
-                    break;
+                Placed::Dropped => {
+                    self.stats[5] += 1;
+                    self.pending = None;
                 }
+                Placed::BadBuffers => self.stats[5] += 1,
             }
-            let written = match descriptors(chain, u64::MAX) {
-                Ok(descs) => write_frame(&descs, &mut frame, mem),
-                Err(_) => 0,
-            };
-            if written == 0 {
-                self.stats[5] += 1;
-            } else {
-                self.stats[2] += 1;
-                self.stats[3] += (written as usize).saturating_sub(VNET_HDR_LEN) as u64;
+            for &(head, n) in &self.placed {
+                if queue.add_used(mem, head, n).is_err() {
+                    return used;
+                }
+                used = true;
             }
-            if queue.add_used(mem, head, written).is_err() {
-                break;
-            }
-            used = true;
         }
         used
     }
-}
 
-impl Net {
     fn throttled(&mut self, wait: Duration, counter: usize) {
         self.stats[counter] += 1;
         self.retry = Some(self.retry.map_or(wait, |r| r.min(wait)));
     }
-}
 
-/// Copies a frame into the guest's writable buffers; num_buffers is set to 1. Returns the
-/// bytes written, or 0 if the buffers are unusable or too small.
-fn write_frame(descs: &[Desc], frame: &mut [u8], mem: &GuestMemoryMmap) -> u32 {
-    if frame.len() >= VNET_HDR_LEN {
-        frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-    }
-    let room: u64 = descs
-        .iter()
-        .filter(|d| d.write)
-        .map(|d| u64::from(d.len))
-        .sum();
-    if descs.iter().any(|d| !d.write) || room < frame.len() as u64 {
-        return 0;
-    }
-    let mut off = 0usize;
-    for d in descs {
-        if off == frame.len() {
-            break;
+    /// The tap offloads that match the driver's receive features.
+    fn tap_offloads(features: u64) -> u32 {
+        let mut flags = 0;
+        if features & feature::GUEST_CSUM != 0 {
+            flags |= offload::CSUM;
+            if features & feature::GUEST_TSO4 != 0 {
+                flags |= offload::TSO4;
+            }
+            if features & feature::GUEST_TSO6 != 0 {
+                flags |= offload::TSO6;
+            }
+            if features & feature::GUEST_ECN != 0 && flags & (offload::TSO4 | offload::TSO6) != 0 {
+                flags |= offload::TSO_ECN;
+            }
         }
-        let n = (d.len as usize).min(frame.len() - off);
-        if mem.write_slice(&frame[off..off + n], d.addr).is_err() {
-            return 0;
-        }
-        off += n;
+        flags
     }
-    off as u32
 }
 
 impl VirtioDevice for Net {
@@ -212,7 +277,39 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | if self.mac { VIRTIO_NET_F_MAC } else { 0 }
+        use feature::*;
+        let offloads = CSUM
+            | GUEST_CSUM
+            | GUEST_TSO4
+            | GUEST_TSO6
+            | GUEST_ECN
+            | HOST_TSO4
+            | HOST_TSO6
+            | HOST_ECN
+            | MRG_RXBUF;
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | offloads
+            | if self.mac { MAC } else { 0 }
+    }
+
+    fn activate(&mut self, features: u64) {
+        self.mergeable = features & feature::MRG_RXBUF != 0;
+        let flags = Self::tap_offloads(features);
+        if let Err(e) = self.tap.set_offload(flags) {
+            log::warn!(
+                "virtio-net: {} refuses offloads {flags:#x}: {e}",
+                self.tap.name()
+            );
+        }
+    }
+
+    fn reset(&mut self) {
+        self.mergeable = false;
+        self.pending = None;
+        if let Err(e) = self.tap.set_offload(0) {
+            log::warn!("virtio-net: {} keeps its offloads: {e}", self.tap.name());
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

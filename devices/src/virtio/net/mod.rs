@@ -1,7 +1,8 @@
 //! virtio-net on a host tap device.
 
 mod device;
+mod rx;
 mod tap;
 
-pub use device::{Net, NetConfig};
+pub use device::{Net, NetConfig, feature};
 pub use tap::Tap;

@@ -17,6 +17,18 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 pub const VNET_HDR_LEN: usize = 12;
 const IFNAMSIZ: usize = 16;
 
+/// TUNSETOFFLOAD flags.
+pub mod offload {
+    /// The guest takes frames with partial checksums.
+    pub const CSUM: u32 = 0x01;
+    /// The guest takes TCPv4 segmentation offload frames.
+    pub const TSO4: u32 = 0x02;
+    /// The guest takes TCPv6 segmentation offload frames.
+    pub const TSO6: u32 = 0x04;
+    /// The guest takes TSO frames with ECN.
+    pub const TSO_ECN: u32 = 0x08;
+}
+
 #[repr(C)]
 struct IfReq {
     name: [u8; IFNAMSIZ],
@@ -33,7 +45,7 @@ pub struct Tap {
 
 impl Tap {
     /// Opens (attaches to) the tap named `name`, non-blocking, with 12-byte vnet headers and no
-    /// offloads.
+    /// offloads until the guest's features are known.
     pub fn open(name: &str) -> std::io::Result<Self> {
         if name.is_empty() || name.len() >= IFNAMSIZ || !name.bytes().all(|b| b.is_ascii_graphic())
         {
@@ -61,14 +73,12 @@ impl Tap {
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
+        let tap = Self {
             file,
             name: name.to_string(),
-        })
+        };
+        tap.set_offload(0)?;
+        Ok(tap)
     }
 
     /// The interface name.
@@ -88,6 +98,35 @@ impl Tap {
     /// Writes one frame (with its vnet header).
     pub fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
         self.file.write_all(frame)
+    }
+
+    /// Writes one frame (with its vnet header) gathered from `iov`; a tap takes a frame whole
+    /// or not at all.
+    pub fn write_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        loop {
+            // SAFETY: the caller's iovecs each describe `iov_len` readable bytes that stay
+            // valid for this call; writev only reads them.
+            let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Tells the kernel which offloads the guest takes in the frames it receives
+    /// (`offload::*`); zero means whole frames with full checksums.
+    pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
