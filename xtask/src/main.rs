@@ -115,6 +115,10 @@ enum Task {
         /// Time limit in seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+        /// Run only these phases (comma-separated: boot, blk, net, vsock); only their targets
+        /// are judged.
+        #[arg(long, value_delimiter = ',', value_parser = ["boot", "blk", "net", "vsock"])]
+        only: Vec<String>,
     },
     /// Fuzz the API with schemathesis from docs/api/openapi.json against the real server in
     /// an emulated host; fails on any 5xx, schema violation or crash.
@@ -348,7 +352,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = qemu::run(&spec, &art, &payload, script, &mut sink)?;
             Ok(exit_code(out.status))
         }
-        Task::Bench { runs, timeout } => bench::run(runs, Duration::from_secs(timeout)),
+        Task::Bench {
+            runs,
+            timeout,
+            only,
+        } => bench::run(runs, Duration::from_secs(timeout), &only),
         Task::FuzzApi { examples } => fuzz_api::run_fuzz(examples),
         Task::Fuzz {
             targets,
