@@ -1,6 +1,7 @@
 //! virtio devices on the virtio-mmio transport (virtio 1.x, register layout version 2).
 
 pub mod block;
+pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -605,7 +605,8 @@ fn event_indices_suppress_interrupts_until_the_drivers_used_event() {
     let mq = MockSplitQueue::create(&m, GuestAddress(0), size);
     // The mock's used ring overlaps the avail ring's used_event field; use a ring of our own.
     let used_ring = 0x3000u64;
-    let used_idx = |m: &GuestMemoryMmap| -> u16 { m.read_obj(GuestAddress(used_ring + 2)).unwrap() };
+    let used_idx =
+        |m: &GuestMemoryMmap| -> u16 { m.read_obj(GuestAddress(used_ring + 2)).unwrap() };
     let used_event = mq.avail_addr().0 + 4 + 2 * u64::from(size);
     let avail_event = used_ring + 4 + 8 * u64::from(size);
     let mut t =
@@ -631,7 +632,11 @@ fn event_indices_suppress_interrupts_until_the_drivers_used_event() {
     add_chain(&mq, 0, &[(DATA, 64, true)]);
     t.process(0);
     assert_eq!(used_idx(&m), 1);
-    assert_eq!(read_reg(&mut t, 0x60), 0, "no interrupt before the used event");
+    assert_eq!(
+        read_reg(&mut t, 0x60),
+        0,
+        "no interrupt before the used event"
+    );
     let ev: u16 = m.read_obj(GuestAddress(avail_event)).unwrap();
     assert_eq!(ev, 1, "the driver is asked to notify at the next entry");
     add_chain(&mq, 1, &[(DATA + 0x1000, 64, true)]);

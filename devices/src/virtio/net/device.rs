@@ -12,14 +12,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::rx::{self, Placed};
 use super::tap::{Tap, VNET_HDR_LEN, offload};
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
-    Desc, LimiterSlot, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
-    descriptors, device_type, read_config_bytes,
+    Desc, LimiterSlot, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, descriptors,
+    device_type,
+    iov::{self, IovError},
+    read_config_bytes,
 };
 
 const RX: usize = 0;
@@ -78,6 +80,8 @@ pub struct Net {
     /// The length of the frame waiting in `buf` for receive buffers, if one is.
     pending: Option<usize>,
     buf: Vec<u8>,
+    /// Frames the guest sends that cannot be written from guest memory in place.
+    txbuf: Vec<u8>,
     /// Chains a frame went into: (head, bytes written).
     placed: Vec<(u16, u32)>,
     stats: [u64; 8],
@@ -101,6 +105,7 @@ impl Net {
             mergeable: false,
             pending: None,
             buf: vec![0; MAX_FRAME],
+            txbuf: Vec::new(),
             placed: Vec::new(),
             stats: [0; 8],
             rx_limiter: cfg.rx_limiter,
@@ -146,40 +151,22 @@ impl Net {
     }
 
     /// Hands one frame (header included) to the tap, straight from guest memory when each
-    /// buffer lies in one memory region, else through `buf`.
+    /// buffer lies in one memory region, else through `txbuf`.
     fn send(&mut self, descs: &[Desc], len: usize, mem: &GuestMemoryMmap) -> std::io::Result<()> {
         if len <= VNET_HDR_LEN {
             return Err(std::io::Error::other("frame shorter than its header"));
         }
-        let slices: Option<Vec<_>> = descs
-            .iter()
-            .map(|d| mem.get_slice(d.addr, d.len as usize).ok())
-            .collect();
-        let written = match slices {
-            Some(slices) => {
-                let iov: Vec<libc::iovec> = slices
-                    .iter()
-                    .map(|s| libc::iovec {
-                        iov_base: s.ptr_guard().as_ptr().cast::<libc::c_void>().cast_mut(),
-                        iov_len: s.len(),
-                    })
-                    .collect();
-                // The slices borrow `mem`, whose mappings outlive this call.
-                self.tap.write_iov(&iov)?
-            }
-            None => {
-                let mut off = 0;
-                for d in descs {
-                    let end = off + d.len as usize;
-                    mem.read_slice(&mut self.buf[off..end], d.addr)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    off = end;
+        let written = match iov::write_from_guest(self.tap.as_raw_fd(), mem, descs, 0) {
+            Ok(n) => n,
+            Err(IovError::NotContiguous) => {
+                self.txbuf.clear();
+                if !iov::copy_from_guest(mem, descs, 0, &mut self.txbuf) {
+                    return Err(std::io::Error::other("a buffer is outside guest memory"));
                 }
-                self.tap.write_iov(&[libc::iovec {
-                    iov_base: self.buf.as_mut_ptr().cast(),
-                    iov_len: len,
-                }])?
+                self.tap.write_frame(&self.txbuf)?;
+                self.txbuf.len()
             }
+            Err(IovError::Io(e)) => return Err(e),
         };
         if written != len {
             return Err(std::io::Error::other(format!(
@@ -287,10 +274,7 @@ impl VirtioDevice for Net {
             | HOST_TSO6
             | HOST_ECN
             | MRG_RXBUF;
-        VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | offloads
-            | if self.mac { MAC } else { 0 }
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | offloads | if self.mac { MAC } else { 0 }
     }
 
     fn activate(&mut self, features: u64) {

@@ -100,30 +100,18 @@ impl Tap {
         self.file.write_all(frame)
     }
 
-    /// Writes one frame (with its vnet header) gathered from `iov`; a tap takes a frame whole
-    /// or not at all.
-    pub fn write_iov(&mut self, iov: &[libc::iovec]) -> std::io::Result<usize> {
-        let count = libc::c_int::try_from(iov.len())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        loop {
-            // SAFETY: the caller's iovecs each describe `iov_len` readable bytes that stay
-            // valid for this call; writev only reads them.
-            let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
     /// Tells the kernel which offloads the guest takes in the frames it receives
     /// (`offload::*`); zero means whole frames with full checksums.
     pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD as _, libc::c_ulong::from(flags)) } < 0 {
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())

@@ -12,6 +12,31 @@ pub const BUF_ALLOC: u32 = 256 * 1024;
 /// Send a credit update once this many bytes were consumed without the guest being told.
 const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC / 4;
 
+/// Bytes from the guest on their way to a connection's host stream.
+pub trait Payload {
+    /// How many bytes.
+    fn len(&self) -> usize;
+    /// Writes as many bytes from the start as the stream takes now.
+    fn write_to(&self, stream: &UnixStream) -> std::io::Result<usize>;
+    /// Appends the bytes from `skip` on to `out`.
+    fn append_to(&self, skip: usize, out: &mut Vec<u8>) -> Result<(), String>;
+}
+
+impl Payload for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn write_to(&self, mut stream: &UnixStream) -> std::io::Result<usize> {
+        stream.write(self)
+    }
+
+    fn append_to(&self, skip: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        out.extend_from_slice(self.get(skip..).unwrap_or_default());
+        Ok(())
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, PartialEq, Eq)]
 pub enum State {
@@ -188,19 +213,36 @@ impl Conn {
         Ok(ReadOutcome::Data(n))
     }
 
-    /// Takes data from the guest. Refuses data beyond the credit this end gave.
-    pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
+    /// Takes data from the guest. Refuses data beyond the credit this end gave. When nothing
+    /// is waiting, the data goes to the host stream at once and only what it does not take is
+    /// kept.
+    pub fn push(&mut self, data: &(impl Payload + ?Sized)) -> Result<(), String> {
+        let len = data.len();
         let waiting = self.waiting();
-        if waiting + data.len() > BUF_ALLOC as usize {
+        if waiting + len > BUF_ALLOC as usize {
             return Err(format!(
                 "the guest sent {} bytes beyond its credit",
-                waiting + data.len() - BUF_ALLOC as usize
+                waiting + len - BUF_ALLOC as usize
             ));
         }
         if self.guest_shut_send {
             return Err("the guest sent data after shutting down sending".into());
         }
-        self.pending.extend_from_slice(data);
+        let mut taken = 0;
+        if waiting == 0 && len > 0 {
+            self.pending.clear();
+            self.pending_off = 0;
+            match data.write_to(&self.stream) {
+                Ok(n) => taken = n.min(len),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(format!("writing to the host: {e}")),
+            }
+            // At most 64 KiB.
+            self.fwd_cnt = self.fwd_cnt.wrapping_add(taken as u32);
+        }
+        if taken < len {
+            data.append_to(taken, &mut self.pending)?;
+        }
         Ok(())
     }
 

@@ -12,16 +12,19 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::conn::{Conn, ReadOutcome, State, due};
+use super::conn::{Conn, Payload, ReadOutcome, State, due};
 use super::packet::{
-    HDR_LEN, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op, parse_guest_packet,
+    HDR_LEN, Header, MAX_PAYLOAD, PacketError, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op,
+    parse_guest_header, payload_len,
 };
 use crate::virtio::{
-    VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type, read_config_bytes,
+    Desc, VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type,
+    iov::{self, IovError},
+    read_config_bytes,
 };
 
 const RX: usize = 0;
@@ -286,7 +289,7 @@ impl Vsock {
         connect_nonblocking(Path::new(&path))
     }
 
-    fn handle_tx_packet(&mut self, h: Header, payload: &[u8]) {
+    fn handle_tx_packet(&mut self, h: Header, payload: &(impl Payload + ?Sized)) {
         if h.kind != TYPE_STREAM {
             self.stray_reset(&h);
             return;
@@ -363,32 +366,20 @@ impl Vsock {
 
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        let mut packet = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            packet.clear();
-            let read = descriptors(chain, (HDR_LEN as u64) + u64::from(MAX_PAYLOAD)).map(|descs| {
-                for d in descs.iter().filter(|d| !d.write) {
-                    let start = packet.len();
-                    packet.resize(start + d.len as usize, 0);
-                    if mem.read_slice(&mut packet[start..], d.addr).is_err() {
-                        return false;
-                    }
-                }
-                true
-            });
-            match read {
-                Ok(true) => match parse_guest_packet(&packet, self.cid) {
+            match descriptors(chain, (HDR_LEN as u64) + u64::from(MAX_PAYLOAD)) {
+                Ok(descs) => match read_guest_packet(mem, &descs, self.cid) {
                     Ok((h, payload)) => {
                         self.stats.tx_packets += 1;
-                        self.handle_tx_packet(h, payload);
+                        self.handle_tx_packet(h, &payload);
                     }
                     Err(e) => {
                         log::debug!("vsock: dropped a guest packet: {e}");
                         self.stats.tx_fails += 1;
                     }
                 },
-                _ => self.stats.tx_fails += 1,
+                Err(_) => self.stats.tx_fails += 1,
             }
             if queue.add_used(mem, head, 0).is_err() {
                 break;
@@ -503,6 +494,76 @@ impl Vsock {
         }
         used
     }
+}
+
+/// A packet's payload where the guest put it.
+struct GuestPayload<'a> {
+    mem: &'a GuestMemoryMmap,
+    bufs: Vec<Desc>,
+    len: usize,
+}
+
+impl Payload for GuestPayload<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn write_to(&self, stream: &UnixStream) -> std::io::Result<usize> {
+        match iov::write_from_guest(stream.as_raw_fd(), self.mem, &self.bufs, 0) {
+            Ok(n) => Ok(n),
+            // Copied into the connection's buffer instead.
+            Err(IovError::NotContiguous) => Ok(0),
+            Err(IovError::Io(e)) => Err(e),
+        }
+    }
+
+    fn append_to(&self, skip: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        if iov::copy_from_guest(self.mem, &self.bufs, skip, out) {
+            Ok(())
+        } else {
+            Err("the payload is outside guest memory".into())
+        }
+    }
+}
+
+/// Why a packet from the guest is dropped.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("the driver wrote to a device-writable buffer or outside guest memory")]
+    Buffers,
+}
+
+/// Reads the header of the packet in the guest's buffers `descs`, and finds its payload
+/// without copying it.
+fn read_guest_packet<'a>(
+    mem: &'a GuestMemoryMmap,
+    descs: &[Desc],
+    guest_cid: u64,
+) -> Result<(Header, GuestPayload<'a>), TxError> {
+    if descs.iter().any(|d| d.write) {
+        return Err(TxError::Buffers);
+    }
+    let total: usize = descs.iter().map(|d| d.len as usize).sum();
+    let mut head = Vec::with_capacity(HDR_LEN);
+    if !iov::copy_from_guest(mem, &iov::sub_range(descs, 0, HDR_LEN), 0, &mut head) {
+        return Err(TxError::Buffers);
+    }
+    let head: &[u8; HDR_LEN] = head
+        .as_slice()
+        .try_into()
+        .map_err(|_| PacketError::Short(total))?;
+    let h = parse_guest_header(head, guest_cid)?;
+    let len = payload_len(&h, total - HDR_LEN)?;
+    let bufs = iov::sub_range(descs, HDR_LEN, len);
+    if bufs
+        .iter()
+        .any(|d| !mem.check_range(d.addr, d.len as usize))
+    {
+        return Err(TxError::Buffers);
+    }
+    Ok((h, GuestPayload { mem, bufs, len }))
 }
 
 /// The control packet to send for a set of `due` flags, and the flags it settles.

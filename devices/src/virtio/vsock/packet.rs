@@ -133,6 +133,13 @@ pub fn parse_guest_packet(bytes: &[u8], guest_cid: u64) -> Result<(Header, &[u8]
         .get(..HDR_LEN)
         .and_then(|h| h.try_into().ok())
         .ok_or(PacketError::Short(bytes.len()))?;
+    let h = parse_guest_header(head, guest_cid)?;
+    let len = payload_len(&h, bytes.len() - HDR_LEN)?;
+    Ok((h, &bytes[HDR_LEN..HDR_LEN + len]))
+}
+
+/// Decodes the header of a packet from the guest and checks its addresses and length.
+pub fn parse_guest_header(head: &[u8; HDR_LEN], guest_cid: u64) -> Result<Header, PacketError> {
     let h = Header::from_bytes(head);
     if h.src_cid != guest_cid {
         return Err(PacketError::BadSource(h.src_cid));
@@ -143,17 +150,22 @@ pub fn parse_guest_packet(bytes: &[u8], guest_cid: u64) -> Result<(Header, &[u8]
     if h.len > MAX_PAYLOAD {
         return Err(PacketError::TooLarge(h.len));
     }
-    let rest = &bytes[HDR_LEN..];
+    Ok(h)
+}
+
+/// The payload bytes of a packet whose header is `h`, given the `after` bytes that follow
+/// the header: `h.len` for data packets (which must have that many), none for the others.
+pub fn payload_len(h: &Header, after: usize) -> Result<usize, PacketError> {
     if h.op != op::RW {
-        return Ok((h, &[]));
+        return Ok(0);
     }
-    if rest.len() < h.len as usize {
+    if after < h.len as usize {
         return Err(PacketError::LengthMismatch {
             said: h.len,
-            got: rest.len(),
+            got: after,
         });
     }
-    Ok((h, &rest[..h.len as usize]))
+    Ok(h.len as usize)
 }
 
 /// The longest handshake line a host process may send.
