@@ -9,8 +9,9 @@ use super::packet::{HOST_CID, Header, TYPE_STREAM, op};
 /// The receive buffer this end advertises for each connection: bytes from the guest that
 /// may wait here for the host process.
 pub const BUF_ALLOC: u32 = 256 * 1024;
-/// Send a credit update once this many bytes were consumed without the guest being told.
-const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC / 4;
+/// Send a credit update once the guest, not told of what was consumed since, sees less than
+/// one full packet (64 KiB) of room: fewer updates, and the guest never waits for one.
+const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC - super::packet::MAX_PAYLOAD;
 
 /// Bytes from the guest on their way to a connection's host stream.
 pub trait Payload {

@@ -231,9 +231,10 @@ fn guest_connects_to_a_host_port_and_sees_the_host_close() {
     );
     let (mut host, _) = listener.accept().unwrap();
 
-    let data = pattern(64 * 1024 + 3, 1);
-    g.send(g.hdr(op::RW, 1234, 6000), &data[..40_000]);
-    g.send(g.hdr(op::RW, 1234, 6000), &data[40_000..]);
+    let data = pattern(192 * 1024 + 3, 1);
+    for chunk in data.chunks(60_000) {
+        g.send(g.hdr(op::RW, 1234, 6000), chunk);
+    }
     let mut got = vec![0u8; data.len()];
     host.read_exact(&mut got).unwrap();
     assert_eq!(got, data);
@@ -241,7 +242,8 @@ fn guest_connects_to_a_host_port_and_sees_the_host_close() {
     host.write_all(b"reply").unwrap();
     drop(host);
     let pkts = g.pump();
-    // 64 KiB reached the host: the guest is told its credit is back.
+    // More than 192 KiB of the 256 KiB buffer reached the host: the guest, which sees less
+    // than 64 KiB of credit left, is told it is back.
     assert_eq!(pkts[0].0.op, op::CREDIT_UPDATE, "{pkts:?}");
     assert_eq!(pkts[0].0.fwd_cnt, data.len() as u32);
     let ops: Vec<u16> = pkts[1..].iter().map(|p| p.0.op).collect();
