@@ -115,6 +115,8 @@ pub struct Conn {
     peer_fwd_cnt: u32,
     /// The host write side has been shut.
     write_shut: bool,
+    /// The device's epoll reports room on the host stream.
+    pub watching_out: bool,
 }
 
 impl Conn {
@@ -139,6 +141,7 @@ impl Conn {
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             write_shut: false,
+            watching_out: false,
         }
     }
 

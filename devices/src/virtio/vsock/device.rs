@@ -137,12 +137,10 @@ impl Vsock {
     fn add_conn(&mut self, conn: Conn) -> std::io::Result<u64> {
         let token = self.next_token;
         self.next_token += 1;
-        let events =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
         self.epoll.ctl(
             ControlOperation::Add,
             conn.stream.as_raw_fd(),
-            EpollEvent::new(events, token),
+            EpollEvent::new(interest(false), token),
         )?;
         if !matches!(conn.state, State::Handshake(_)) {
             self.by_ports
@@ -273,10 +271,24 @@ impl Vsock {
     }
 
     /// A connection whose guest side has closed is reset once its bytes reached the host.
+    /// The host stream is watched for room only while guest bytes wait for it: a reader
+    /// would otherwise wake the device each time it frees some.
     fn after_flush(&mut self, token: u64) {
-        if let Some(c) = self.conns.get_mut(&token) {
-            if c.guest_shut_send && c.guest_shut_rcv && c.drained() {
-                c.due |= due::RST;
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if c.guest_shut_send && c.guest_shut_rcv && c.drained() {
+            c.due |= due::RST;
+        }
+        let want_out = !c.drained();
+        if want_out != c.watching_out {
+            let ev = EpollEvent::new(interest(want_out), token);
+            match self
+                .epoll
+                .ctl(ControlOperation::Modify, c.stream.as_raw_fd(), ev)
+            {
+                Ok(()) => c.watching_out = want_out,
+                Err(e) => self.kill(token, &format!("cannot watch the host stream: {e}")),
             }
         }
     }
@@ -564,6 +576,12 @@ fn read_guest_packet<'a>(
         return Err(TxError::Buffers);
     }
     Ok((h, GuestPayload { mem, bufs, len }))
+}
+
+/// What the device's epoll watches on a connection's host stream.
+fn interest(out: bool) -> EventSet {
+    let base = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+    if out { base | EventSet::OUT } else { base }
 }
 
 /// The control packet to send for a set of `due` flags, and the flags it settles.

@@ -363,3 +363,40 @@ fn a_uds_path_in_use_is_refused_and_removed_on_drop() {
     drop(g);
     assert!(!path.exists());
 }
+
+#[test]
+fn guest_bytes_wait_for_a_slow_host_reader_and_flow_when_it_reads() {
+    let mut g = Guest::new("slow");
+    let mut host = UnixStream::connect(&g.uds).unwrap();
+    host.write_all(b"CONNECT 53\n").unwrap();
+    let req = g.pump()[0].0;
+    g.send(g.hdr(op::RESPONSE, 53, req.src_port), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}", req.src_port));
+    // The guest fills its credit while the host process reads nothing.
+    let data = pattern(BUF_ALLOC as usize, 3);
+    for chunk in data.chunks(64 * 1024) {
+        g.send(g.hdr(op::RW, 53, req.src_port), chunk);
+    }
+    let waiting = |g: &Guest| {
+        g.dev
+            .metrics()
+            .iter()
+            .find(|(k, _)| *k == "bytes_waiting_for_host")
+            .map(|(_, v)| *v)
+            .unwrap()
+    };
+    assert!(waiting(&g) > 0, "the host stream took everything at once");
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; BUF_ALLOC as usize];
+        host.read_exact(&mut got).unwrap();
+        got
+    });
+    // Room on the host stream is reported to the device, which writes the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting(&g) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the rest never went out");
+        g.pump();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(reader.join().unwrap(), data);
+}
