@@ -307,6 +307,8 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
             };
         };
         write_payload(&mem, input.rest());
+        // The device thread sees the host connection and its line first.
+        device.process_event(0, &mut [], &mem);
         if let Ok(mut q) = mq.create_queue::<Queue>() {
             device.process_queue(1, &mut q, &mem);
         }

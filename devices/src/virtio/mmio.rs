@@ -67,6 +67,9 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
+/// The most queues a device may have.
+const MAX_QUEUES: usize = 8;
+
 /// Interrupt status bits.
 const INT_VRING: u32 = 1;
 const INT_CONFIG: u32 = 2;
@@ -109,6 +112,12 @@ impl MmioTransport {
         irq: IrqLine,
     ) -> std::io::Result<Self> {
         let sizes = device.queue_max_sizes().to_vec();
+        if sizes.len() > MAX_QUEUES {
+            return Err(std::io::Error::other(format!(
+                "a device with {} queues; at most {MAX_QUEUES} are supported",
+                sizes.len()
+            )));
+        }
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for max in sizes {
@@ -277,20 +286,41 @@ impl MmioTransport {
         self.device.avail_features() | VIRTIO_RING_F_EVENT_IDX
     }
 
-    /// Lets the device serve queue `index` until it stops making progress. With event indices,
-    /// each pass ends by asking the driver to notify at the next available entry, and then
-    /// looks again, so that buffers added during the pass are not left without a notification.
+    /// Lets the device serve queue `index` (and any other queue it serves along with it)
+    /// until it stops making progress. With event indices, each pass ends by asking the
+    /// driver to notify at the next available entry of every queue that moved, and a queue
+    /// the driver added to meanwhile is served again: its notification may not come.
     fn serve(&mut self, index: usize) -> bool {
-        let event_idx = self.event_idx();
-        let Some(q) = self.queues.get_mut(index) else {
-            return false;
-        };
         let mut used = false;
-        loop {
-            let start = q.next_avail();
-            used |= self.device.process_queue(index, q, &self.mem);
-            if !event_idx || !Self::rearm(q, &self.mem) || q.next_avail() == start {
-                return used;
+        let mut todo = vec![index];
+        while let Some(i) = todo.pop() {
+            let starts = self.next_avails();
+            used |= self.device.process_queues(i, &mut self.queues, &self.mem);
+            self.rearm_moved(&starts, &mut todo);
+        }
+        used
+    }
+
+    fn next_avails(&self) -> [u16; MAX_QUEUES] {
+        let mut starts = [0u16; MAX_QUEUES];
+        for (s, q) in starts.iter_mut().zip(&self.queues) {
+            *s = q.next_avail();
+        }
+        starts
+    }
+
+    /// Rearms the queues that moved since `starts`; those with more available go on `todo`.
+    fn rearm_moved(&mut self, starts: &[u16; MAX_QUEUES], todo: &mut Vec<usize>) {
+        if !self.event_idx() {
+            return;
+        }
+        for (j, (q, start)) in self.queues.iter_mut().zip(starts).enumerate() {
+            if q.ready()
+                && q.next_avail() != *start
+                && Self::rearm(q, &self.mem)
+                && !todo.contains(&j)
+            {
+                todo.push(j);
             }
         }
     }
@@ -333,15 +363,12 @@ impl MmioTransport {
         if !self.is_activated() {
             return;
         }
-        let starts: Vec<u16> = self.queues.iter().map(QueueT::next_avail).collect();
+        let starts = self.next_avails();
         let mut used = self.device.process_event(fd, &mut self.queues, &self.mem);
-        if self.event_idx() {
-            for (i, start) in starts.into_iter().enumerate() {
-                let q = &mut self.queues[i];
-                if q.ready() && Self::rearm(q, &self.mem) && q.next_avail() != start {
-                    used |= self.serve(i);
-                }
-            }
+        let mut todo = Vec::new();
+        self.rearm_moved(&starts, &mut todo);
+        for i in todo {
+            used |= self.serve(i);
         }
         self.interrupt_if_needed(used);
         self.collect_retry();

@@ -50,6 +50,20 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// The driver set DRIVER_OK after accepting `features`.
     fn activate(&mut self, _features: u64) {}
+    /// Serves queue `index` after its notification, with the other queues at hand for
+    /// devices whose requests produce work on another queue (vsock replies on its receive
+    /// queue). The default serves `index` alone.
+    fn process_queues(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> bool {
+        match queues.get_mut(index) {
+            Some(q) => self.process_queue(index, q, mem),
+            None => false,
+        }
+    }
     /// Forgets per-driver state after a reset.
     fn reset(&mut self) {}
     /// After `process_queue` stopped early because a rate limiter ran dry: how long to wait

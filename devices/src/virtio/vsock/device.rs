@@ -3,7 +3,7 @@
 //!   listener on `port` accepts, receives `OK <hostport>\n` and then the stream.
 //! - A guest connecting to host port P reaches the Unix socket `<uds_path>_P`.
 //!
-//! The listener, every connection and a wake-up EventFd sit in the device's own epoll (edge
+//! The listener and every connection sit in the device's own epoll (edge
 //! triggered), and that epoll is the one descriptor the device thread watches for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::conn::{Conn, Payload, ReadOutcome, State, due};
 use super::packet::{
@@ -40,7 +39,6 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 const RX_CHUNK: usize = 64 * 1024;
 
 const TOKEN_LISTENER: u64 = 0;
-const TOKEN_WAKE: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 2;
 
 /// How to build a vsock device.
@@ -70,7 +68,6 @@ pub struct Vsock {
     uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
-    wake: EventFd,
     conns: BTreeMap<u64, Conn>,
     by_ports: HashMap<(u32, u32), u64>,
     next_token: u64,
@@ -100,24 +97,17 @@ impl Vsock {
         let listener = crate::unix_socket::bind(&cfg.uds_path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
-        let wake = EventFd::new(EFD_NONBLOCK)?;
         let et = EventSet::IN | EventSet::EDGE_TRIGGERED;
         epoll.ctl(
             ControlOperation::Add,
             listener.as_raw_fd(),
             EpollEvent::new(et, TOKEN_LISTENER),
         )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            wake.as_raw_fd(),
-            EpollEvent::new(et, TOKEN_WAKE),
-        )?;
         Ok(Self {
             cid: cfg.guest_cid,
             uds_path: cfg.uds_path.clone(),
             listener,
             epoll,
-            wake,
             conns: BTreeMap::new(),
             by_ports: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
@@ -222,9 +212,6 @@ impl Vsock {
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_LISTENER => self.accept(),
-                    TOKEN_WAKE => {
-                        let _ = self.wake.read();
-                    }
                     token => self.conn_event(token, ev.event_set()),
                 }
             }
@@ -669,19 +656,32 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        self.poll();
+        // Host events arrive through the device's epoll (`process_event`), not here.
         match index {
             RX => self.fill_rx(queue, mem),
-            TX => {
-                let used = self.transmit(queue, mem);
-                if self.has_rx_work() {
-                    let _ = self.wake.write(1);
-                }
-                used
-            }
+            TX => self.transmit(queue, mem),
             // The event queue carries transport resets, which this device never sends.
             _ => false,
         }
+    }
+
+    fn process_queues(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> bool {
+        let Some(q) = queues.get_mut(index) else {
+            return false;
+        };
+        let mut used = self.process_queue(index, q, mem);
+        // What the guest sent may call for replies (responses, credit updates, resets).
+        if index == TX && self.has_rx_work() {
+            if let Some(rx) = queues.get_mut(RX).filter(|q| q.ready()) {
+                used |= self.fill_rx(rx, mem);
+            }
+        }
+        used
     }
 
     fn reset(&mut self) {

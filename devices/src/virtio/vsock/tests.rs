@@ -394,7 +394,10 @@ fn guest_bytes_wait_for_a_slow_host_reader_and_flow_when_it_reads() {
     // Room on the host stream is reported to the device, which writes the rest.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while waiting(&g) > 0 {
-        assert!(std::time::Instant::now() < deadline, "the rest never went out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rest never went out"
+        );
         g.pump();
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
