@@ -259,7 +259,7 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
     );
     let mut streams = serde_json::Map::new();
     println!(
-        "\nstreams: the guest sends 64 MiB to a host sink (MiB/s in guest time; VM process CPU per MiB)"
+        "\nstreams: the guest sends 256 MiB to a host sink (MiB/s in guest time; VM process CPU per MiB)"
     );
     println!(
         "| stream | vmm MiB/s | QEMU MiB/s | vmm/QEMU | vmm CPU ms/MiB | QEMU CPU ms/MiB | target |"

@@ -46,7 +46,7 @@ pub fn write_from_guest(
             .get_slice(addr, len - skip)
             .map_err(|_| IovError::NotContiguous)?;
         skip = 0;
-        if slice.len() > 0 {
+        if !slice.is_empty() {
             slices.push(slice);
         }
         if slices.len() == IOV_MAX {
