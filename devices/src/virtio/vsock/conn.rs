@@ -9,9 +9,6 @@ use super::packet::{HOST_CID, Header, TYPE_STREAM, op};
 /// The receive buffer this end advertises for each connection: bytes from the guest that
 /// may wait here for the host process.
 pub const BUF_ALLOC: u32 = 256 * 1024;
-/// Send a credit update once the guest, not told of what was consumed since, sees less than
-/// one full packet (64 KiB) of room: fewer updates, and the guest never waits for one.
-const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC - super::packet::MAX_PAYLOAD;
 
 /// Bytes from the guest on their way to a connection's host stream.
 pub trait Payload {
@@ -276,10 +273,19 @@ impl Conn {
             self.pending.drain(..self.pending_off);
             self.pending_off = 0;
         }
-        if self.fwd_cnt.wrapping_sub(self.fwd_told) >= CREDIT_UPDATE_AFTER {
+        if self.fwd_cnt.wrapping_sub(self.fwd_told) >= self.credit_update_after() {
             self.due |= due::CREDIT_UPDATE;
         }
         Ok(())
+    }
+
+    /// How many consumed bytes the guest may go untold of. The guest is told once it sees
+    /// less than one full packet (64 KiB) of room: few updates, and it never waits for one.
+    /// Linux keeps no more in flight than its own buffer (its buf_alloc) even when ours is
+    /// larger, so the room it sees is measured against the smaller of the two.
+    fn credit_update_after(&self) -> u32 {
+        let window = BUF_ALLOC.min(self.peer_buf_alloc);
+        window.saturating_sub(super::packet::MAX_PAYLOAD).max(1)
     }
 
     /// Guest bytes waiting for the host stream.

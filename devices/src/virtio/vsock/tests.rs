@@ -403,3 +403,29 @@ fn guest_bytes_wait_for_a_slow_host_reader_and_flow_when_it_reads() {
     }
     assert_eq!(reader.join().unwrap(), data);
 }
+
+#[test]
+fn a_guest_with_a_small_buffer_is_told_its_credit_early() {
+    let mut g = Guest::new("smallbuf");
+    let mut host = UnixStream::connect(&g.uds).unwrap();
+    host.write_all(b"CONNECT 54\n").unwrap();
+    let req = g.pump()[0].0;
+    let mut resp = g.hdr(op::RESPONSE, 54, req.src_port);
+    // Linux keeps at most its own buffer in flight: 128 KiB here.
+    resp.buf_alloc = 128 * 1024;
+    g.send(resp, &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}", req.src_port));
+    let data = pattern(64 * 1024, 5);
+    let mut h = g.hdr(op::RW, 54, req.src_port);
+    h.buf_alloc = 128 * 1024;
+    g.send(h, &data);
+    let mut got = vec![0u8; data.len()];
+    host.read_exact(&mut got).unwrap();
+    let pkts = g.pump();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.fwd_cnt),
+        (op::CREDIT_UPDATE, 64 * 1024),
+        "64 KiB of a 128 KiB window consumed: the guest is told"
+    );
+}
