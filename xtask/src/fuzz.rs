@@ -23,6 +23,7 @@ pub const TARGETS: &[&str] = &[
     "vsock_connect_line",
     "vsock_tx",
     "rng_queue",
+    "net_queue",
     "api_request",
     "config_file",
 ];

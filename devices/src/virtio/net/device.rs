@@ -94,11 +94,16 @@ impl Net {
     /// Opens the tap.
     pub fn new(cfg: NetConfig) -> std::io::Result<Self> {
         let tap = Tap::open(&cfg.tap)?;
+        Ok(Self::with_tap(tap, cfg))
+    }
+
+    /// A device on an open tap (`cfg.tap` is not used).
+    pub fn with_tap(tap: Tap, cfg: NetConfig) -> Self {
         let mut config = [0u8; 8];
         if let Some(m) = cfg.mac {
             config[..6].copy_from_slice(&m);
         }
-        Ok(Self {
+        Self {
             tap,
             config,
             mac: cfg.mac.is_some(),
@@ -111,7 +116,7 @@ impl Net {
             rx_limiter: cfg.rx_limiter,
             tx_limiter: cfg.tx_limiter,
             retry: None,
-        })
+        }
     }
 
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {

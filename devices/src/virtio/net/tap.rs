@@ -81,6 +81,16 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Wraps an already open descriptor that reads and writes one frame per call (a
+    /// datagram socket in fuzzing and tests stands in for a tap).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn from_file(file: File, name: &str) -> Self {
+        Self {
+            file,
+            name: name.to_string(),
+        }
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
