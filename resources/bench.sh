@@ -102,14 +102,31 @@ guest_run() {
     return 1
 }
 
+# vm_start COMMAND...: starts a guest with its console on a coprocess and waits for
+# GUEST_READY; sets vm_pid, vm_in and vm_out.
+vm_start() {
+    local line
+    coproc VM { exec "$@" 2>/dev/null; }
+    vm_pid=$VM_PID vm_in=${VM[1]} vm_out=${VM[0]}
+    while IFS= read -r -t 900 line <&"$vm_out"; do
+        case "$line" in *GUEST_READY*) break ;; esac
+    done
+}
+
+# vm_stop: powers the guest off and sets vm_rc to the VMM's exit status.
+vm_stop() {
+    local line
+    printf 'poweroff -f\n' >&"$vm_in"
+    while IFS= read -r -t 900 line <&"$vm_out"; do :; done
+    wait "$vm_pid"
+    vm_rc=$?
+}
+
 blk() {
     local name=$1 run=$2
     shift 2
-    coproc B { exec "$@" 2>/dev/null; }
-    local pid=$B_PID in=${B[1]} out=${B[0]} line
-    while IFS= read -r -t 900 line <&"$out"; do
-        case "$line" in *GUEST_READY*) break ;; esac
-    done
+    vm_start "$@"
+    local pid=$vm_pid in=$vm_in out=$vm_out
     local c0 w r c1
     c0=$(cpu_ticks "$pid")
     w=$(guest_run "$in" "$out" "dmesg -n 1; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
@@ -118,10 +135,8 @@ blk() {
     # No pipeline on guest_run: the coprocess's descriptors are not there in a pipeline's subshell.
     iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5")
     iops=$(printf '%s\n' "$iops" | awk '/^RANDREAD_IOPS/{print $2}')
-    printf 'poweroff -f\n' >&"$in"
-    while IFS= read -r -t 900 line <&"$out"; do :; done
-    wait "$pid"
-    local rc=$? hz
+    vm_stop
+    local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
     awk -v w="$w" -v r="$r" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
         split(w, a, " "); split(r, b, " ");
@@ -137,11 +152,8 @@ blk() {
 stream() {
     local name=$1 run=$2 target=$3 sink=$4
     shift 5
-    coproc S { exec "$@" 2>/dev/null; }
-    local pid=$S_PID in=${S[1]} out=${S[0]} line
-    while IFS= read -r -t 900 line <&"$out"; do
-        case "$line" in *GUEST_READY*) break ;; esac
-    done
+    vm_start "$@"
+    local pid=$vm_pid in=$vm_in out=$vm_out
     guest_run "$in" "$out" "dmesg -n 1; ip addr add 172.32.0.2/24 dev eth0 2>/dev/null; ip link set eth0 up 2>/dev/null; ping -c 1 -W 5 172.32.0.1 >/dev/null 2>&1; true" >/dev/null
     timeout 600 bash -c "$sink" &
     local sink_pid=$! c0 c1 rate
@@ -151,10 +163,8 @@ stream() {
     rate=$(printf '%s\n' "$rate" | awk '/^SEND_MIBS/{print $2}')
     c1=$(cpu_ticks "$pid")
     wait "$sink_pid" 2>/dev/null
-    printf 'poweroff -f\n' >&"$in"
-    while IFS= read -r -t 900 line <&"$out"; do :; done
-    wait "$pid"
-    local rc=$? hz
+    vm_stop
+    local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
     awk -v r="${rate:-0}" -v mib="$stream_mib" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
         printf "BENCH %s %s mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n", n, run, r, c * 1000 / hz / mib, rc }' </dev/null
