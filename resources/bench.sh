@@ -77,11 +77,13 @@ want boot && for run in $(seq "$runs"); do
     fi
 done
 
-# Block I/O: the same 64 MiB raw image behind vmm's virtio-blk and QEMU's virtio-blk-device
-# (both virtio-mmio). The guest times a 32 MiB sequential write (with fsync) and read (after
-# dropping caches) on its own clock; the VMM's CPU time comes from /proc/PID/stat.
+# Block I/O: the same raw image behind vmm's virtio-blk and QEMU's virtio-blk-device (both
+# virtio-mmio). The guest times a sequential write (then fsync) and read of the whole image in
+# 1 MiB O_DIRECT requests with vmm-guest-tool, on its own clock; the VMM's CPU time comes from
+# /proc/PID/stat.
+blk_mib=128
 disk=/tmp/bench-disk.img
-dd if=/dev/zero of="$disk" bs=1M count=64 2>/dev/null
+dd if=/dev/zero of="$disk" bs=1M count="$blk_mib" 2>/dev/null
 
 # cpu_ticks PID: user + system clock ticks of a process.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -129,21 +131,20 @@ blk() {
     local pid=$vm_pid in=$vm_in out=$vm_out
     local c0 w r c1
     c0=$(cpu_ticks "$pid")
-    w=$(guest_run "$in" "$out" "dmesg -n 1; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
-    r=$(guest_run "$in" "$out" "echo 3 > /proc/sys/vm/drop_caches; s=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=1M count=32 2>/dev/null; e=\$(cut -d' ' -f1 /proc/uptime); echo \$s \$e")
-    c1=$(cpu_ticks "$pid")
     # No pipeline on guest_run: the coprocess's descriptors are not there in a pipeline's subshell.
+    w=$(guest_run "$in" "$out" "dmesg -n 1; vmm-guest-tool seqwrite /dev/vda $blk_mib")
+    r=$(guest_run "$in" "$out" "vmm-guest-tool seqread /dev/vda $blk_mib")
+    c1=$(cpu_ticks "$pid")
+    w=$(printf '%s\n' "$w" | awk '/^SEQWRITE_MIBS/{print $2}')
+    r=$(printf '%s\n' "$r" | awk '/^SEQREAD_MIBS/{print $2}')
     iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5")
     iops=$(printf '%s\n' "$iops" | awk '/^RANDREAD_IOPS/{print $2}')
     vm_stop
     local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-    awk -v w="$w" -v r="$r" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        split(w, a, " "); split(r, b, " ");
-        ws = a[2] - a[1]; rs = b[2] - b[1];
-        if (ws <= 0) ws = 0.01; if (rs <= 0) rs = 0.01;
+    awk -v w="${w:-0}" -v r="${r:-0}" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v mib="$blk_mib" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
         printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f randread_iops=%d exit=%d\n",
-            n, run, 32 / ws, 32 / rs, c * 1000 / hz / 64, iops, rc }' </dev/null
+            n, run, w, r, c * 1000 / hz / (2 * mib), iops, rc }' </dev/null
 }
 
 # stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the
