@@ -646,3 +646,55 @@ fn event_indices_suppress_interrupts_until_the_drivers_used_event() {
     let ev: u16 = m.read_obj(GuestAddress(avail_event)).unwrap();
     assert_eq!(ev, 2);
 }
+
+#[test]
+fn a_request_over_scattered_buffers_moves_in_order() {
+    let m = mem();
+    let (mut b, path) = block("scatter", false);
+    let mq = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    // Write sectors 10..13 from three buffers out of address order, then read them back
+    // into three others.
+    header(&m, DATA, 1, 10);
+    for (i, at) in [0x3000u64, 0x1000, 0x2000].iter().enumerate() {
+        m.write_slice(&[0x10 + i as u8; 512], GuestAddress(DATA + at))
+            .unwrap();
+    }
+    add_chain(
+        &mq,
+        0,
+        &[
+            (DATA, 16, false),
+            (DATA + 0x3000, 512, false),
+            (DATA + 0x1000, 512, false),
+            (DATA + 0x2000, 512, false),
+            (DATA + 0x4000, 1, true),
+        ],
+    );
+    header(&m, DATA + 0x5000, 0, 10);
+    add_chain(
+        &mq,
+        5,
+        &[
+            (DATA + 0x5000, 16, false),
+            (DATA + 0x8000, 700, true),
+            (DATA + 0x6000, 824, true),
+            (DATA + 0x7000, 1, true),
+        ],
+    );
+    let mut q: Queue = mq.create_queue().unwrap();
+    assert!(b.process_queue(0, &mut q, &m));
+    assert_eq!(used(&mq), vec![(0, 1), (5, 1525)]);
+    let file = std::fs::read(&path).unwrap();
+    let want: Vec<u8> = [0x10u8, 0x11, 0x12]
+        .iter()
+        .flat_map(|v| [*v; 512])
+        .collect();
+    assert_eq!(file[10 * 512..13 * 512], want[..]);
+    let mut got = vec![0u8; 1524];
+    m.read_slice(&mut got[..700], GuestAddress(DATA + 0x8000))
+        .unwrap();
+    m.read_slice(&mut got[700..], GuestAddress(DATA + 0x6000))
+        .unwrap();
+    assert_eq!(got[..], want[..1524]);
+    std::fs::remove_file(path).unwrap();
+}

@@ -157,16 +157,12 @@ impl Block {
                 if req.data.iter().any(|d| !d.write) || !self.check_range(req.sector, total) {
                     return (Status::IoErr, 0);
                 }
-                let mut pos = req.sector * SECTOR;
-                let mut written = 0u32;
-                for d in &req.data {
-                    if guest_io(&self.file, pos, mem, d, Direction::FileToGuest).is_err() {
-                        return (Status::IoErr, written);
-                    }
-                    pos += u64::from(d.len);
-                    written += d.len;
+                let pos = req.sector * SECTOR;
+                if guest_io(&self.file, pos, mem, &req.data, Direction::FileToGuest).is_err() {
+                    return (Status::IoErr, 0);
                 }
-                (Status::Ok, written)
+                // The request's buffers add up to at most its size cap, far below 4 GiB.
+                (Status::Ok, u32::try_from(total).unwrap_or(u32::MAX))
             }
             RequestType::Out => {
                 if self.cfg.read_only
@@ -175,12 +171,9 @@ impl Block {
                 {
                     return (Status::IoErr, 0);
                 }
-                let mut pos = req.sector * SECTOR;
-                for d in &req.data {
-                    if guest_io(&self.file, pos, mem, d, Direction::GuestToFile).is_err() {
-                        return (Status::IoErr, 0);
-                    }
-                    pos += u64::from(d.len);
+                let pos = req.sector * SECTOR;
+                if guest_io(&self.file, pos, mem, &req.data, Direction::GuestToFile).is_err() {
+                    return (Status::IoErr, 0);
                 }
                 (Status::Ok, 0)
             }
@@ -215,34 +208,50 @@ enum Direction {
     GuestToFile,
 }
 
-/// Moves one buffer between the image at `pos` and guest memory with pread/pwrite straight on
-/// the guest mapping, with no bounce buffer. The buffer must lie in one memory region.
+/// The most buffers one preadv/pwritev takes (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Moves a request's buffers between the image at `pos` and guest memory with preadv/pwritev
+/// straight on the guest mapping, with no bounce buffer: one call for the whole request
+/// unless the kernel moves less. Each buffer must lie in one memory region.
 // Dirty tracking for migration will have to mark these pages: raw-pointer writes bypass
 // vm-memory's bitmap.
 fn guest_io(
     file: &File,
     pos: u64,
     mem: &GuestMemoryMmap,
-    d: &Desc,
+    bufs: &[Desc],
     dir: Direction,
 ) -> std::io::Result<()> {
-    let len = d.len as usize;
-    let slice = mem
-        .get_slice(d.addr, len)
+    let slices = bufs
+        .iter()
+        .map(|d| mem.get_slice(d.addr, d.len as usize))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let guard = slice.ptr_guard_mut();
-    let base = guard.as_ptr();
-    let mut done = 0usize;
-    while done < len {
-        let off = libc::off_t::try_from(pos + done as u64)
+    let mut iov: Vec<libc::iovec> = slices
+        .iter()
+        .map(|s| libc::iovec {
+            iov_base: s.ptr_guard_mut().as_ptr().cast::<libc::c_void>(),
+            iov_len: s.len(),
+        })
+        .filter(|v| v.iov_len > 0)
+        .collect();
+    let mut first = 0usize;
+    let mut done = 0u64;
+    while first < iov.len() {
+        let off = libc::off_t::try_from(pos + done)
             .map_err(|_| std::io::Error::other("offset overflow"))?;
-        // SAFETY: `base..base + len` is guest memory that `slice` keeps mapped for this call;
-        // each call reads or writes at most `len - done` bytes from `base + done`.
+        let rest = &iov[first..];
+        // At most IOV_MAX.
+        let count = rest.len().min(IOV_MAX) as libc::c_int;
+        // SAFETY: every iovec covers guest memory that `slices` keeps mapped for this call,
+        // and `rest` holds at least `count` of them.
         let n = unsafe {
-            let p = base.add(done).cast::<libc::c_void>();
             match dir {
-                Direction::FileToGuest => libc::pread(file.as_raw_fd(), p, len - done, off),
-                Direction::GuestToFile => libc::pwrite(file.as_raw_fd(), p, len - done, off),
+                Direction::FileToGuest => libc::preadv(file.as_raw_fd(), rest.as_ptr(), count, off),
+                Direction::GuestToFile => {
+                    libc::pwritev(file.as_raw_fd(), rest.as_ptr(), count, off)
+                }
             }
         };
         if n < 0 {
@@ -255,7 +264,21 @@ fn guest_io(
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        done += n as usize;
+        done += n as u64;
+        // Skip what was moved: whole buffers, then part of the next.
+        let mut left = n as usize;
+        while left > 0 && first < iov.len() {
+            let v = &mut iov[first];
+            if left >= v.iov_len {
+                left -= v.iov_len;
+                first += 1;
+            } else {
+                // SAFETY: `left` is less than the buffer's length, so the pointer stays inside it.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
+                v.iov_len -= left;
+                left = 0;
+            }
+        }
     }
     Ok(())
 }
