@@ -23,7 +23,6 @@ const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 /// The device states the most data segments per request (`seg_max`). Without it Linux sends
 /// one segment per request, which cuts sequential I/O into 4 KiB requests.
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
-/// Indirect descriptor tables, so large requests do not fill the ring.
 /// Data segments per request: the ring less the header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
