@@ -1,4 +1,4 @@
-//! Moving guest buffers to host descriptors without copying them in the VMM.
+//! Moving guest buffers to and from host descriptors without copying them in the VMM.
 
 use std::os::fd::RawFd;
 
@@ -6,69 +6,101 @@ use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::Desc;
 
-/// The most buffers one writev takes (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
+/// The most buffers one readv/writev-family call takes (Linux's IOV_MAX).
+pub const IOV_MAX: usize = 1024;
 
-/// Why guest buffers could not be written straight from guest memory.
+/// Why guest buffers could not be moved straight from or to guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum IovError {
     /// A buffer is outside guest memory or crosses from one memory region into another; the
     /// caller copies it instead (`copy_from_guest`).
     #[error("a guest buffer is not in one memory region")]
     NotContiguous,
-    /// writev failed.
+    /// The call failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Writes `bufs`, skipping their first `skip` bytes, to `fd` with one writev straight from
-/// guest memory. Returns the bytes written (a non-blocking `fd` that is full gives
-/// `WouldBlock`).
+/// Guest buffers as iovecs, for the readv/writev family of calls. The pointers stay valid as
+/// long as the guest memory they came from is borrowed.
+#[derive(Debug)]
+pub struct GuestIovecs<'m> {
+    iov: Vec<libc::iovec>,
+    /// The first iovec not yet (wholly) moved.
+    first: usize,
+    _mem: std::marker::PhantomData<&'m GuestMemoryMmap>,
+}
+
+impl<'m> GuestIovecs<'m> {
+    /// The iovecs of `bufs` (empty buffers left out); `NotContiguous` if one is not in one
+    /// memory region.
+    pub fn new(mem: &'m GuestMemoryMmap, bufs: &[Desc]) -> Result<Self, IovError> {
+        let mut iov = Vec::with_capacity(bufs.len());
+        for d in bufs.iter().filter(|d| d.len > 0) {
+            let slice = mem
+                .get_slice(d.addr, d.len as usize)
+                .map_err(|_| IovError::NotContiguous)?;
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast::<libc::c_void>(),
+                iov_len: slice.len(),
+            });
+        }
+        Ok(Self {
+            iov,
+            first: 0,
+            _mem: std::marker::PhantomData,
+        })
+    }
+
+    /// The iovecs not yet moved, at most IOV_MAX of them.
+    pub fn pending(&self) -> &[libc::iovec] {
+        let rest = &self.iov[self.first..];
+        &rest[..rest.len().min(IOV_MAX)]
+    }
+
+    /// Whether everything was moved.
+    pub fn is_empty(&self) -> bool {
+        self.first == self.iov.len()
+    }
+
+    /// Records that a call moved `n` bytes from the front: whole buffers, then part of the
+    /// next.
+    pub fn advance(&mut self, n: usize) {
+        let mut left = n;
+        while left > 0 && self.first < self.iov.len() {
+            let v = &mut self.iov[self.first];
+            if left >= v.iov_len {
+                left -= v.iov_len;
+                self.first += 1;
+            } else {
+                // SAFETY: `left` is less than the buffer's length, so the pointer stays
+                // inside it.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
+                v.iov_len -= left;
+                left = 0;
+            }
+        }
+    }
+}
+
+/// Writes `bufs` to `fd` with one writev straight from guest memory. Returns the bytes
+/// written (a non-blocking `fd` that is full gives `WouldBlock`).
 pub fn write_from_guest(
     fd: RawFd,
     mem: &GuestMemoryMmap,
     bufs: &[Desc],
-    skip: usize,
 ) -> Result<usize, IovError> {
-    let mut slices = Vec::with_capacity(bufs.len().min(IOV_MAX));
-    let mut skip = skip;
-    for d in bufs {
-        let len = d.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let addr = d
-            .addr
-            .checked_add(skip as u64)
-            .ok_or(IovError::NotContiguous)?;
-        let slice = mem
-            .get_slice(addr, len - skip)
-            .map_err(|_| IovError::NotContiguous)?;
-        skip = 0;
-        if !slice.is_empty() {
-            slices.push(slice);
-        }
-        if slices.len() == IOV_MAX {
-            break;
-        }
-    }
-    if slices.is_empty() {
+    let iov = GuestIovecs::new(mem, bufs)?;
+    let pending = iov.pending();
+    if pending.is_empty() {
         return Ok(0);
     }
-    let iov: Vec<libc::iovec> = slices
-        .iter()
-        .map(|s| libc::iovec {
-            iov_base: s.ptr_guard().as_ptr().cast::<libc::c_void>().cast_mut(),
-            iov_len: s.len(),
-        })
-        .collect();
     // At most IOV_MAX entries.
-    let count = iov.len() as libc::c_int;
+    let count = pending.len() as libc::c_int;
     loop {
-        // SAFETY: each iovec covers a slice of guest memory that `mem` keeps mapped while it
-        // is borrowed, for the whole call; writev only reads from them.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+        // SAFETY: each iovec covers guest memory that `mem` keeps mapped while it is
+        // borrowed, for the whole call; writev only reads from them.
+        let n = unsafe { libc::writev(fd, pending.as_ptr(), count) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -86,23 +118,20 @@ pub fn copy_from_guest(
     skip: usize,
     out: &mut Vec<u8>,
 ) -> bool {
-    let mut skip = skip;
-    for d in bufs {
-        let len = d.len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let Some(addr) = d.addr.checked_add(skip as u64) else {
-            return false;
-        };
-        let start = out.len();
-        out.resize(start + len - skip, 0);
-        if mem.read_slice(&mut out[start..], addr).is_err() {
+    let total: usize = bufs.iter().map(|d| d.len as usize).sum();
+    let start = out.len();
+    for d in sub_range(bufs, skip, usize::MAX) {
+        let at = out.len();
+        out.resize(at + d.len as usize, 0);
+        if mem.read_slice(&mut out[at..], d.addr).is_err() {
             out.truncate(start);
             return false;
         }
-        skip = 0;
+    }
+    // A buffer whose address overflows ends the range early.
+    if out.len() - start != total.saturating_sub(skip) {
+        out.truncate(start);
+        return false;
     }
     true
 }
@@ -162,7 +191,7 @@ mod tests {
         m.write_slice(&data, GuestAddress(0)).unwrap();
         let bufs = [desc(0x100, 0x200), desc(0x800, 0x300)];
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let n = write_from_guest(b.as_raw_fd(), &m, &bufs, 0x50).unwrap();
+        let n = write_from_guest(b.as_raw_fd(), &m, &sub_range(&bufs, 0x50, usize::MAX)).unwrap();
         assert_eq!(n, 0x200 - 0x50 + 0x300);
         let mut got = vec![0u8; n];
         a.read_exact(&mut got).unwrap();
@@ -175,7 +204,7 @@ mod tests {
         // A buffer across the two regions is copied, not written in place.
         let across = [desc(0xf00, 0x200)];
         assert!(matches!(
-            write_from_guest(b.as_raw_fd(), &m, &across, 0),
+            write_from_guest(b.as_raw_fd(), &m, &across),
             Err(IovError::NotContiguous)
         ));
         let mut copied = Vec::new();

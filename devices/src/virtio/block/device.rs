@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::request::{self, RequestError, RequestType, Status};
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
     Desc, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, descriptors, device_type,
-    read_config_bytes,
+    iov::GuestIovecs, read_config_bytes,
 };
 
 const SECTOR: u64 = 512;
@@ -207,9 +207,6 @@ enum Direction {
     GuestToFile,
 }
 
-/// The most buffers one preadv/pwritev takes (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
-
 /// Moves a request's buffers between the image at `pos` and guest memory with preadv/pwritev
 /// straight on the guest mapping, with no bounce buffer: one call for the whole request
 /// unless the kernel moves less. Each buffer must lie in one memory region.
@@ -222,34 +219,23 @@ fn guest_io(
     bufs: &[Desc],
     dir: Direction,
 ) -> std::io::Result<()> {
-    let slices = bufs
-        .iter()
-        .map(|d| mem.get_slice(d.addr, d.len as usize))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut iov: Vec<libc::iovec> = slices
-        .iter()
-        .map(|s| libc::iovec {
-            iov_base: s.ptr_guard_mut().as_ptr().cast::<libc::c_void>(),
-            iov_len: s.len(),
-        })
-        .filter(|v| v.iov_len > 0)
-        .collect();
-    let mut first = 0usize;
+    let mut iov = GuestIovecs::new(mem, bufs).map_err(std::io::Error::other)?;
     let mut done = 0u64;
-    while first < iov.len() {
+    while !iov.is_empty() {
         let off = libc::off_t::try_from(pos + done)
             .map_err(|_| std::io::Error::other("offset overflow"))?;
-        let rest = &iov[first..];
+        let pending = iov.pending();
         // At most IOV_MAX.
-        let count = rest.len().min(IOV_MAX) as libc::c_int;
-        // SAFETY: every iovec covers guest memory that `slices` keeps mapped for this call,
-        // and `rest` holds at least `count` of them.
+        let count = pending.len() as libc::c_int;
+        // SAFETY: every iovec covers guest memory that `mem` keeps mapped while it is
+        // borrowed, for the whole call, and `pending` holds `count` of them.
         let n = unsafe {
             match dir {
-                Direction::FileToGuest => libc::preadv(file.as_raw_fd(), rest.as_ptr(), count, off),
+                Direction::FileToGuest => {
+                    libc::preadv(file.as_raw_fd(), pending.as_ptr(), count, off)
+                }
                 Direction::GuestToFile => {
-                    libc::pwritev(file.as_raw_fd(), rest.as_ptr(), count, off)
+                    libc::pwritev(file.as_raw_fd(), pending.as_ptr(), count, off)
                 }
             }
         };
@@ -264,20 +250,7 @@ fn guest_io(
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         done += n as u64;
-        // Skip what was moved: whole buffers, then part of the next.
-        let mut left = n as usize;
-        while left > 0 && first < iov.len() {
-            let v = &mut iov[first];
-            if left >= v.iov_len {
-                left -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: `left` is less than the buffer's length, so the pointer stays inside it.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
-                v.iov_len -= left;
-                left = 0;
-            }
-        }
+        iov.advance(n as usize);
     }
     Ok(())
 }

@@ -161,7 +161,7 @@ impl Net {
         if len <= VNET_HDR_LEN {
             return Err(std::io::Error::other("frame shorter than its header"));
         }
-        let written = match iov::write_from_guest(self.tap.as_raw_fd(), mem, descs, 0) {
+        let written = match iov::write_from_guest(self.tap.as_raw_fd(), mem, descs) {
             Ok(n) => n,
             Err(IovError::NotContiguous) => {
                 self.txbuf.clear();

@@ -102,14 +102,16 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    /// `n` one-descriptor receive chains of `len` bytes each (`write` false makes them
-    /// read-only).
-    fn buffers(mq: &MockSplitQueue<'_, GuestMemoryMmap>, n: u16, len: u32, write: bool) {
+    /// A queue offering `n` one-descriptor receive chains of `len` bytes each (`write`
+    /// false makes them read-only).
+    fn ring(m: &GuestMemoryMmap, n: u16, len: u32, write: bool) -> Queue {
+        let mq = MockSplitQueue::create(m, GuestAddress(0), 16);
         let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
         for i in 0..n {
             let d = Descriptor::new(BUFS + u64::from(i) * 0x1000, len, flags, 0);
             mq.add_desc_chains(&[RawDescriptor::from(d)], i).unwrap();
         }
+        mq.create_queue().unwrap()
     }
 
     fn frame(len: usize) -> Vec<u8> {
@@ -121,9 +123,7 @@ mod tests {
     #[test]
     fn a_large_frame_spreads_over_mergeable_buffers() {
         let m = mem();
-        let mq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        buffers(&mq, 4, 2048, true);
-        let mut q: Queue = mq.create_queue().unwrap();
+        let mut q = ring(&m, 4, 2048, true);
         let mut f = frame(5000);
         let mut placed = Vec::new();
         assert_eq!(
@@ -144,9 +144,7 @@ mod tests {
     #[test]
     fn too_few_buffers_take_nothing() {
         let m = mem();
-        let mq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        buffers(&mq, 2, 2048, true);
-        let mut q: Queue = mq.create_queue().unwrap();
+        let mut q = ring(&m, 2, 2048, true);
         let mut placed = Vec::new();
         assert_eq!(
             place(&mut q, &m, &mut frame(5000), true, &mut placed),
@@ -164,9 +162,7 @@ mod tests {
     #[test]
     fn without_mergeable_buffers_a_frame_too_large_is_dropped() {
         let m = mem();
-        let mq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        buffers(&mq, 4, 2048, true);
-        let mut q: Queue = mq.create_queue().unwrap();
+        let mut q = ring(&m, 4, 2048, true);
         let mut placed = Vec::new();
         assert_eq!(
             place(&mut q, &m, &mut frame(5000), false, &mut placed),
@@ -187,9 +183,7 @@ mod tests {
     #[test]
     fn read_only_buffers_are_returned_empty_and_the_frame_waits() {
         let m = mem();
-        let mq = MockSplitQueue::create(&m, GuestAddress(0), 16);
-        buffers(&mq, 2, 2048, false);
-        let mut q: Queue = mq.create_queue().unwrap();
+        let mut q = ring(&m, 2, 2048, false);
         let mut placed = Vec::new();
         assert_eq!(
             place(&mut q, &m, &mut frame(100), true, &mut placed),

@@ -508,7 +508,7 @@ impl Payload for GuestPayload<'_> {
     }
 
     fn write_to(&self, stream: &UnixStream) -> std::io::Result<usize> {
-        match iov::write_from_guest(stream.as_raw_fd(), self.mem, &self.bufs, 0) {
+        match iov::write_from_guest(stream.as_raw_fd(), self.mem, &self.bufs) {
             Ok(n) => Ok(n),
             // Copied into the connection's buffer instead.
             Err(IovError::NotContiguous) => Ok(0),
