@@ -224,7 +224,7 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         blk("blk-qemu", "cpu_ms_per_mib"),
     );
     println!(
-        "\nblock: 128 MiB sequential write (then fsync) and read in 1 MiB O_DIRECT requests on a 128 MiB raw image, virtio-blk over virtio-mmio"
+        "\nblock: 4 passes each of a 128 MiB sequential write (then fsync) and read in 1 MiB O_DIRECT requests on a 128 MiB raw image, virtio-blk over virtio-mmio"
     );
     println!("| metric | vmm | QEMU | vmm/QEMU | target |");
     println!("|---|---|---|---|---|");
