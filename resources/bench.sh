@@ -128,6 +128,18 @@ vm_stop() {
     vm_rc=$?
 }
 
+# poll_ns PID: nanoseconds the VM's vCPUs have spent in KVM halt polling (the kernel's per-VM
+# statistics in debugfs), or nothing when debugfs has none for PID.
+poll_ns() {
+    mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    local d
+    for d in /sys/kernel/debug/kvm/"$1"-*; do
+        [ -r "$d/halt_poll_success_ns" ] || continue
+        echo $(($(cat "$d/halt_poll_success_ns") + $(cat "$d/halt_poll_fail_ns")))
+        return
+    done
+}
+
 # pass_rate KEY: reads "KEY <MiB/s>" lines of equal-sized passes and prints their combined
 # rate: all the MiB over the sum of the passes' times.
 pass_rate() {
@@ -140,12 +152,14 @@ blk() {
     shift 2
     vm_start "$@"
     local pid=$vm_pid in=$vm_in out=$vm_out
-    local c0 w r c1
+    local c0 w r c1 p0 p1
+    p0=$(poll_ns "$pid")
     c0=$(cpu_ticks "$pid")
     # No pipeline on guest_run: the coprocess's descriptors are not there in a pipeline's subshell.
     w=$(guest_run "$in" "$out" "dmesg -n 1; for i in $(seq -s " " "$blk_passes"); do vmm-guest-tool seqwrite /dev/vda $blk_mib; done")
     r=$(guest_run "$in" "$out" "for i in $(seq -s " " "$blk_passes"); do vmm-guest-tool seqread /dev/vda $blk_mib; done")
     c1=$(cpu_ticks "$pid")
+    p1=$(poll_ns "$pid")
     w=$(printf '%s\n' "$w" | pass_rate SEQWRITE_MIBS)
     r=$(printf '%s\n' "$r" | pass_rate SEQREAD_MIBS)
     iops=$(guest_run "$in" "$out" "vmm-guest-tool randread /dev/vda 5")
@@ -153,9 +167,9 @@ blk() {
     vm_stop
     local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-    awk -v w="${w:-0}" -v r="${r:-0}" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v hz="$hz" -v mib="$blk_mib" -v passes="$blk_passes" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f randread_iops=%d exit=%d\n",
-            n, run, w, r, c * 1000 / hz / (2 * passes * mib), iops, rc }' </dev/null
+    awk -v w="${w:-0}" -v r="${r:-0}" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v poll="$((${p1:-0} - ${p0:-0}))" -v hz="$hz" -v mib="$blk_mib" -v passes="$blk_passes" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
+        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f poll_ms_per_mib=%.3f randread_iops=%d exit=%d\n",
+            n, run, w, r, c * 1000 / hz / (2 * passes * mib), poll / 1e6 / (2 * passes * mib), iops, rc }' </dev/null
 }
 
 # stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the
