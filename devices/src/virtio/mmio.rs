@@ -70,6 +70,32 @@ pub mod status {
 /// The most queues a device may have.
 const MAX_QUEUES: usize = 8;
 
+const _: () = assert!(MAX_QUEUES <= 32, "QueueSet holds 32 queues");
+
+/// Queues still to serve, one bit per index (serving allocates nothing per notification).
+#[derive(Debug, Default, Clone, Copy)]
+struct QueueSet(u32);
+
+impl QueueSet {
+    /// Adds queue `i`; indices past the set's width are never queues.
+    fn insert(&mut self, i: usize) {
+        self.0 |= u32::try_from(i)
+            .ok()
+            .and_then(|i| 1u32.checked_shl(i))
+            .unwrap_or(0);
+    }
+
+    /// Takes the lowest queue index out of the set.
+    fn pop(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(i)
+    }
+}
+
 /// Interrupt status bits.
 const INT_VRING: u32 = 1;
 const INT_CONFIG: u32 = 2;
@@ -292,7 +318,8 @@ impl MmioTransport {
     /// the driver added to meanwhile is served again: its notification may not come.
     fn serve(&mut self, index: usize) -> bool {
         let mut used = false;
-        let mut todo = vec![index];
+        let mut todo = QueueSet::default();
+        todo.insert(index);
         while let Some(i) = todo.pop() {
             let starts = self.next_avails();
             used |= self.device.process_queues(i, &mut self.queues, &self.mem);
@@ -310,17 +337,13 @@ impl MmioTransport {
     }
 
     /// Rearms the queues that moved since `starts`; those with more available go on `todo`.
-    fn rearm_moved(&mut self, starts: &[u16; MAX_QUEUES], todo: &mut Vec<usize>) {
+    fn rearm_moved(&mut self, starts: &[u16; MAX_QUEUES], todo: &mut QueueSet) {
         if !self.event_idx() {
             return;
         }
         for (j, (q, start)) in self.queues.iter_mut().zip(starts).enumerate() {
-            if q.ready()
-                && q.next_avail() != *start
-                && Self::rearm(q, &self.mem)
-                && !todo.contains(&j)
-            {
-                todo.push(j);
+            if q.ready() && q.next_avail() != *start && Self::rearm(q, &self.mem) {
+                todo.insert(j);
             }
         }
     }
@@ -365,9 +388,9 @@ impl MmioTransport {
         }
         let starts = self.next_avails();
         let mut used = self.device.process_event(fd, &mut self.queues, &self.mem);
-        let mut todo = Vec::new();
+        let mut todo = QueueSet::default();
         self.rearm_moved(&starts, &mut todo);
-        for i in todo {
+        while let Some(i) = todo.pop() {
             used |= self.serve(i);
         }
         self.interrupt_if_needed(used);
@@ -585,5 +608,23 @@ impl MutEventSubscriber for QueueEvents {
                 log::error!("virtio: cannot watch device descriptor {i}: {err:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueSet;
+
+    #[test]
+    fn queue_set_pops_each_index_once_lowest_first() {
+        let mut set = QueueSet::default();
+        assert_eq!(set.pop(), None);
+        for i in [5, 0, 7, 5, 31] {
+            set.insert(i);
+        }
+        set.insert(32);
+        set.insert(usize::MAX);
+        let got: Vec<usize> = std::iter::from_fn(|| set.pop()).collect();
+        assert_eq!(got, vec![0, 5, 7, 31]);
     }
 }
