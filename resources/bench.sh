@@ -78,13 +78,13 @@ want boot && for run in $(seq "$runs"); do
 done
 
 # Block I/O: the same raw image behind vmm's virtio-blk and QEMU's virtio-blk-device (both
-# virtio-mmio). The guest times a sequential write (then fsync) and read of the whole image in
-# 1 MiB O_DIRECT requests with vmm-guest-tool, on its own clock; the VMM's CPU time comes from
+# virtio-mmio). The guest times sequential writes (each then fsync) and reads of the whole image
+# in 1 MiB O_DIRECT requests with vmm-guest-tool, on its own clock; the VMM's CPU time comes from
 # /proc/PID/stat.
 blk_mib=128
-# Passes over the image per direction and run. The time of one pass alternates by up to 1.7x
+# Passes over the image per direction and run. The time of one pass alternates by up to 1.8x
 # between consecutive passes, for QEMU and vmm alike (the emulated host, not the device), so a
-# single pass compares whichever mode each VMM happened to land in. An even count covers both.
+# single pass compares whichever level each VMM happened to land on. An even count covers both.
 blk_passes=4
 disk=/tmp/bench-disk.img
 dd if=/dev/zero of="$disk" bs=1M count="$blk_mib" 2>/dev/null
@@ -168,8 +168,8 @@ blk() {
     local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
     awk -v w="${w:-0}" -v r="${r:-0}" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v poll="$((${p1:-0} - ${p0:-0}))" -v hz="$hz" -v mib="$blk_mib" -v passes="$blk_passes" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f poll_ms_per_mib=%.3f randread_iops=%d exit=%d\n",
-            n, run, w, r, c * 1000 / hz / (2 * passes * mib), poll / 1e6 / (2 * passes * mib), iops, rc }' </dev/null
+        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f poll_ms_per_mib=%.3f randread_iops=%d passes=%d exit=%d\n",
+            n, run, w, r, c * 1000 / hz / (2 * passes * mib), poll / 1e6 / (2 * passes * mib), iops, passes, rc }' </dev/null
 }
 
 # stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the

@@ -229,7 +229,8 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         blk("blk-qemu", "cpu_ms_per_mib"),
     );
     println!(
-        "\nblock: 4 passes each of a 128 MiB sequential write (then fsync) and read in 1 MiB O_DIRECT requests on a 128 MiB raw image, virtio-blk over virtio-mmio"
+        "\nblock: {} passes each of a 128 MiB sequential write (then fsync) and read in 1 MiB O_DIRECT requests on a 128 MiB raw image, virtio-blk over virtio-mmio",
+        blk("blk-vmm", "passes").map_or("-".into(), |p| format!("{p:.0}"))
     );
     println!("| metric | vmm | QEMU | vmm/QEMU | target |");
     println!("|---|---|---|---|---|");
