@@ -2,20 +2,15 @@
 //! kernel, initrd and device tree in place, vCPUs initialised, GICv3, and the legacy devices on
 //! the MMIO bus with their interrupts wired through irqfd.
 
-use std::fs::File;
-use std::io::{Cursor, Read};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use linux_loader::loader::KernelLoader;
-use linux_loader::loader::pe::PE;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use arch::fdt::{FdtConfig, create_fdt, standard_rtc, standard_serial};
-use arch::image::{self, ImageError};
+use arch::image;
 use arch::kvm::{GicError, GicV3, VcpuInitError, vcpu as kvm_vcpu};
 use arch::layout::{BOOT_TIMER_BASE, DRAM_BASE, LEGACY_DEV_SIZE, RTC_BASE, SERIAL_BASE};
 use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
@@ -29,6 +24,7 @@ use devices::{IrqLine, MmioBus};
 
 use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleOutput;
+use crate::loader::{self, InitrdFile, KernelFile, LoadError};
 
 /// Errors building a VM; each names what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -36,26 +32,9 @@ pub enum BuildError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A file could not be read.
-    #[error("cannot read {what} {path}: {source}")]
-    Read {
-        /// Kernel or initrd.
-        what: &'static str,
-        /// Its path.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The kernel image or its placement is wrong.
-    #[error("kernel {path}: {source}")]
-    Image {
-        /// The kernel's path.
-        path: String,
-        /// Why.
-        #[source]
-        source: ImageError,
-    },
+    /// The kernel or initrd could not be read, or does not fit.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     /// /dev/kvm is missing or unusable.
     #[error("cannot open /dev/kvm: {0}")]
     Kvm(#[source] kvm_ioctls::Error),
@@ -127,18 +106,6 @@ pub struct BuiltVm {
     pub virtio: Vec<crate::device_manager::NamedTransport>,
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(|source| BuildError::Read {
-            what,
-            path: path.display().to_string(),
-            source,
-        })?;
-    Ok(data)
-}
-
 fn kvm_call<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, BuildError> {
     r.map_err(|source| BuildError::KvmCall { what, source })
 }
@@ -160,32 +127,25 @@ pub fn build(
     start: Instant,
 ) -> Result<BuiltVm, BuildError> {
     cfg.validate()?;
-    let kpath = cfg.kernel.display().to_string();
-    let image_err = |source| BuildError::Image {
-        path: kpath.clone(),
-        source,
-    };
 
-    // Everything about the files is checked before KVM is touched.
-    let mut kernel = read_file("kernel", &cfg.kernel)?;
-    if image::is_gzip(&kernel) {
-        kernel = image::gunzip(&kernel).map_err(image_err)?;
-    }
-    let header = image::parse_header(&kernel).map_err(image_err)?;
-    let initrd = cfg
-        .initrd
-        .as_deref()
-        .map(|p| read_file("initrd", p))
-        .transpose()?;
+    // The files are opened and the kernel header checked before KVM is touched; their
+    // contents go straight into guest memory below, never through a heap buffer.
+    let kernel = KernelFile::open(&cfg.kernel)?;
+    let initrd = cfg.initrd.as_deref().map(InitrdFile::open).transpose()?;
     let mem_size = u64::from(cfg.mem_mib) << 20;
-    let plan = image::plan(
+    // Refuse a layout that cannot fit before creating anything; a gzip kernel's real size
+    // is checked again once it is inflated.
+    image::plan(
         DRAM_BASE,
         mem_size,
-        header,
-        kernel.len() as u64,
-        initrd.as_ref().map(|i| i.len() as u64),
+        kernel.header(),
+        0,
+        initrd.as_ref().map(InitrdFile::len),
     )
-    .map_err(image_err)?;
+    .map_err(|source| LoadError::Image {
+        path: cfg.kernel.clone(),
+        source,
+    })?;
 
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
     let max = kvm.get_max_vcpus().min(arch::layout::MAX_VCPUS as usize);
@@ -222,25 +182,7 @@ pub fn build(
         vm.set_user_memory_region(region)
     })?;
 
-    let loaded = PE::load(
-        &mem,
-        Some(GuestAddress(DRAM_BASE)),
-        &mut Cursor::new(&kernel),
-        None,
-    )
-    .map_err(|e| BuildError::Memory(format!("loading the kernel: {e}")))?;
-    if loaded.kernel_load.0 != plan.kernel {
-        return Err(BuildError::Memory(format!(
-            "kernel loaded at {:#x}, expected {:#x}",
-            loaded.kernel_load.0, plan.kernel
-        )));
-    }
-    drop(kernel);
-    if let (Some(data), Some((addr, _))) = (&initrd, plan.initrd) {
-        mem.write_slice(data, GuestAddress(addr))
-            .map_err(|e| BuildError::Memory(format!("writing the initrd: {e}")))?;
-    }
-    drop(initrd);
+    let plan = loader::load(&mem, DRAM_BASE, mem_size, kernel, initrd)?;
 
     let mut vcpus = Vec::new();
     let mut mpidrs = Vec::new();

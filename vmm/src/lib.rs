@@ -9,6 +9,7 @@ pub mod controller;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod loader;
 pub mod logger;
 pub mod metrics;
 

@@ -14,7 +14,7 @@ pub const MAX_KERNEL_SIZE: u64 = 512 << 20;
 const PAGE: u64 = 4096;
 
 /// Errors about a kernel image or where it fits.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ImageError {
     /// The file is shorter than the header.
     #[error("kernel file is too short ({0} bytes) to be an arm64 Image")]
@@ -37,6 +37,27 @@ pub enum ImageError {
         mem_mib: u64,
         /// Memory the kernel image and device tree need.
         need_mib: u64,
+    },
+    /// The header's offsets and sizes do not describe an image that fits any address space.
+    #[error(
+        "the Image header's text_offset ({text_offset:#x}) and image_size ({image_size:#x}) place the kernel beyond the end of the address space"
+    )]
+    HeaderOverflow {
+        /// The header's text_offset.
+        text_offset: u64,
+        /// The header's image_size.
+        image_size: u64,
+    },
+    /// text_offset is not 4 KiB aligned (Booting.rst requires it).
+    #[error("the Image header's text_offset ({0:#x}) is not a multiple of 4 KiB")]
+    MisalignedTextOffset(u64),
+    /// The guest memory range itself wraps around the address space.
+    #[error("guest memory at {base:#x} of {size:#x} bytes wraps around the address space")]
+    MemoryRange {
+        /// Base of guest memory.
+        base: u64,
+        /// Its size.
+        size: u64,
     },
     /// The initrd does not fit after the kernel and device tree.
     #[error(
@@ -93,6 +114,9 @@ pub fn parse_header(data: &[u8]) -> Result<ImageHeader, ImageError> {
     let image_size = u64_at(16);
     // Booting.rst: with image_size 0, text_offset is 0x80000 whatever the field says.
     let text_offset = if image_size == 0 { 0x8_0000 } else { u64_at(8) };
+    if text_offset % PAGE != 0 {
+        return Err(ImageError::MisalignedTextOffset(text_offset));
+    }
     Ok(ImageHeader {
         text_offset,
         image_size,
@@ -112,12 +136,27 @@ pub struct BootPlan {
     pub initrd: Option<(u64, u64)>,
 }
 
-const fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
+/// `v` rounded up to a multiple of `a` (a power of two), or `None` past the address space.
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| x & !(a - 1))
+}
+
+/// Where the kernel's first byte goes for `header` in memory starting at `mem_base`: the
+/// first 2 MiB boundary at or above it, plus `text_offset`. Checked, so a crafted header
+/// is refused instead of wrapping around.
+pub fn kernel_address(mem_base: u64, header: ImageHeader) -> Result<u64, ImageError> {
+    align_up(mem_base, KERNEL_ALIGN)
+        .and_then(|base| base.checked_add(header.text_offset))
+        .ok_or(ImageError::HeaderOverflow {
+            text_offset: header.text_offset,
+            image_size: header.image_size,
+        })
 }
 
 /// Places kernel, device tree and initrd in `mem_base..mem_base + mem_size`.
-/// `file_len` is the (decompressed) image length.
+/// `file_len` is the (decompressed) image length. Every sum is checked: a header whose
+/// fields would wrap, or a layout that leaves guest memory, is an error, so the pieces never
+/// overlap each other and always lie inside guest memory.
 pub fn plan(
     mem_base: u64,
     mem_size: u64,
@@ -125,22 +164,38 @@ pub fn plan(
     file_len: u64,
     initrd_len: Option<u64>,
 ) -> Result<BootPlan, ImageError> {
-    let base = align_up(mem_base, KERNEL_ALIGN);
-    let kernel = base + header.text_offset;
-    let kernel_end = kernel + header.image_size.max(file_len);
+    let mem_end = mem_base
+        .checked_add(mem_size)
+        .ok_or(ImageError::MemoryRange {
+            base: mem_base,
+            size: mem_size,
+        })?;
+    let overflow = ImageError::HeaderOverflow {
+        text_offset: header.text_offset,
+        image_size: header.image_size,
+    };
+    let kernel = kernel_address(mem_base, header)?;
+    let kernel_end = kernel
+        .checked_add(header.image_size.max(file_len))
+        .ok_or_else(|| overflow.clone())?;
     let fdt = align_up(kernel_end, KERNEL_ALIGN);
-    let mem_end = mem_base + mem_size;
-    let after_fdt = fdt + FDT_MAX_SIZE;
-    if after_fdt > mem_end {
-        return Err(ImageError::MemoryTooSmall {
-            mem_mib: mem_size >> 20,
-            need_mib: (after_fdt - mem_base).div_ceil(1 << 20),
-        });
-    }
+    let after_fdt = fdt.and_then(|f| f.checked_add(FDT_MAX_SIZE));
+    let (fdt, after_fdt) = match (fdt, after_fdt) {
+        (Some(fdt), Some(end)) if end <= mem_end => (fdt, end),
+        // Past guest memory, or past the address space: either way too big for this guest.
+        (_, end) => {
+            let need = end.map_or(u64::MAX, |e| e - mem_base);
+            return Err(ImageError::MemoryTooSmall {
+                mem_mib: mem_size >> 20,
+                need_mib: need.div_ceil(1 << 20),
+            });
+        }
+    };
     let initrd = match initrd_len {
         None => None,
         Some(len) => {
-            let start = align_up(after_fdt, PAGE);
+            // after_fdt <= mem_end, so aligning to a page cannot pass the address space.
+            let start = align_up(after_fdt, PAGE).ok_or(overflow)?;
             let free = mem_end.saturating_sub(start);
             if len > free {
                 return Err(ImageError::InitrdTooLarge {
@@ -255,5 +310,100 @@ mod tests {
             }
         );
         assert!(e.to_string().contains("initrd"));
+    }
+
+    #[test]
+    fn crafted_headers_are_refused_not_wrapped() {
+        // Regression: these sums overflowed (a panic in debug builds, a wrapped placement
+        // over the kernel in release ones).
+        let mb = 1u64 << 20;
+        let h = ImageHeader {
+            text_offset: u64::MAX & !(PAGE - 1),
+            image_size: 1,
+        };
+        assert!(matches!(
+            plan(0x8000_0000, 128 * mb, h, 4096, None),
+            Err(ImageError::HeaderOverflow { .. })
+        ));
+        let h = ImageHeader {
+            text_offset: 0,
+            image_size: u64::MAX,
+        };
+        assert!(matches!(
+            plan(0x8000_0000, 128 * mb, h, 4096, None),
+            Err(ImageError::HeaderOverflow { .. })
+        ));
+        // Fits the address space but ends within 2 MiB of its top: the FDT cannot follow.
+        let h = ImageHeader {
+            text_offset: 0,
+            image_size: u64::MAX - 0x8000_0000 - 4096,
+        };
+        assert!(matches!(
+            plan(0x8000_0000, 128 * mb, h, 4096, Some(1)),
+            Err(ImageError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            plan(
+                u64::MAX - mb,
+                128 * mb,
+                ImageHeader {
+                    text_offset: 0,
+                    image_size: 1
+                },
+                1,
+                None
+            ),
+            Err(ImageError::MemoryRange { .. })
+        ));
+        let mut raw = header(0x1001, 0x1000);
+        assert_eq!(
+            parse_header(&raw),
+            Err(ImageError::MisalignedTextOffset(0x1001))
+        );
+        raw[8..16].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        assert!(parse_header(&raw).is_ok());
+    }
+
+    #[test]
+    fn every_accepted_plan_keeps_its_pieces_apart_and_inside_memory() {
+        let mb = 1u64 << 20;
+        let edges = [
+            0,
+            1,
+            PAGE,
+            KERNEL_ALIGN - PAGE,
+            KERNEL_ALIGN,
+            60 * mb,
+            u64::MAX / 2,
+            u64::MAX - PAGE + 1,
+        ];
+        for &text_offset in &edges {
+            for &image_size in &edges {
+                for &file_len in &[0, 64, 30 * mb, u64::MAX] {
+                    for &initrd in &[None, Some(0), Some(mb), Some(u64::MAX)] {
+                        for &(base, size) in &[
+                            (0x8000_0000, 128 * mb),
+                            (0x8000_0001, 64 * mb),
+                            (0, u64::MAX),
+                        ] {
+                            let h = ImageHeader {
+                                text_offset: text_offset & !(PAGE - 1),
+                                image_size,
+                            };
+                            let Ok(p) = plan(base, size, h, file_len, initrd) else {
+                                continue;
+                            };
+                            let end = base + size;
+                            assert!(p.kernel >= base && p.kernel <= p.kernel_end);
+                            assert!(p.kernel_end - p.kernel >= file_len.max(image_size));
+                            assert!(p.fdt >= p.kernel_end && p.fdt + FDT_MAX_SIZE <= end);
+                            if let Some((a, len)) = p.initrd {
+                                assert!(a >= p.fdt + FDT_MAX_SIZE && len <= end - a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
