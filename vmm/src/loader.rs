@@ -8,7 +8,7 @@
 //! Placement is [`arch::image::plan`]'s: every sum checked, every piece inside guest memory.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use arch::image::{self, BootPlan, HEADER_SIZE, ImageError, ImageHeader, MAX_KERNEL_SIZE};
@@ -106,8 +106,15 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 impl KernelFile {
     /// Opens a kernel Image, raw or gzip-compressed, and checks its header.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let mut file = File::open(path).map_err(read_err("kernel", path))?;
+        let file = File::open(path).map_err(read_err("kernel", path))?;
+        Self::from_file(file, path)
+    }
+
+    /// Checks the header of an already open kernel; `path` names it in errors.
+    pub fn from_file(mut file: File, path: &Path) -> Result<Self, LoadError> {
         let len = file.metadata().map_err(read_err("kernel", path))?.len();
+        file.seek(SeekFrom::Start(0))
+            .map_err(read_err("kernel", path))?;
         let image_err = |source| LoadError::Image {
             path: path.to_path_buf(),
             source,
@@ -115,7 +122,9 @@ impl KernelFile {
         let mut header_bytes = [0u8; HEADER_SIZE];
         let got = read_full(&mut file, &mut header_bytes).map_err(read_err("kernel", path))?;
         let body = if image::is_gzip(&header_bytes[..got]) {
-            let f = File::open(path).map_err(read_err("kernel", path))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(read_err("kernel", path))?;
+            let f = file;
             let mut gz = Box::new(GzDecoder::new(BufReader::new(f)));
             let got = read_full(&mut gz, &mut header_bytes)
                 .map_err(|e| image_err(ImageError::Gzip(e.to_string())))?;
@@ -148,7 +157,14 @@ impl InitrdFile {
     /// Opens an initrd.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let file = File::open(path).map_err(read_err("initrd", path))?;
+        Self::from_file(file, path)
+    }
+
+    /// Measures an already open initrd; `path` names it in errors.
+    pub fn from_file(mut file: File, path: &Path) -> Result<Self, LoadError> {
         let len = file.metadata().map_err(read_err("initrd", path))?.len();
+        file.seek(SeekFrom::Start(0))
+            .map_err(read_err("initrd", path))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,

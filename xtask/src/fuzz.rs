@@ -26,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "net_queue",
     "api_request",
     "config_file",
+    "kernel_image",
 ];
 
 /// How long each target runs.
