@@ -1,12 +1,17 @@
-//! The serial console: where its output goes (stdio, a file, nowhere), the raw-mode terminal
-//! guard for stdio, and a scanner that spots a guest kernel panic in the output.
+//! The serial console: where its output goes (stdio, a file, nowhere) through a bounded
+//! queue and a writer thread, the raw-mode terminal guard for stdio, and a scanner that
+//! spots a guest kernel panic report in the output.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::events::{EventSender, VmEvent};
+use crate::metrics::METRICS;
 
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -37,57 +42,175 @@ impl FromStr for ConsoleConfig {
     }
 }
 
-/// The line the kernel prints last when it panics.
-const PANIC_END: &str = "---[ end Kernel panic - not syncing:";
+/// The first line of a kernel panic report.
 const PANIC_START: &str = "Kernel panic - not syncing:";
+/// Lines the kernel prints when it resets or powers off in an orderly way (the `reboot`
+/// system call, SysRq): a reset after one of these is not a panic's.
+const ORDERLY_STOP: [&str; 5] = [
+    "reboot: Restarting system",
+    "reboot: Power down",
+    "reboot: System halted",
+    "sysrq: Resetting",
+    "sysrq: Power Off",
+];
 const MAX_LINE: usize = 1024;
 
-/// Watches console output, line by line, for the end of a kernel panic report.
+/// Watches console output, line by line, for a kernel panic report.
+///
+/// Text alone proves nothing: any guest program that can write to the console can print a
+/// panic banner. So the VMM calls a run a panic only when the guest then resets or powers
+/// off through PSCI (which the kernel does after a panic when booted with `panic=N`, N not
+/// 0), and the kernel printed no orderly-stop line (`reboot: Restarting system`, ...) after
+/// the banner. PSCI calls come from the kernel only, and every reset or power-off that the
+/// `reboot` system call asks for prints such a line first, so guest userspace cannot fake
+/// a panic. A panicked kernel booted without `panic=` halts and is not reported.
 #[derive(Debug, Default)]
 pub struct PanicScanner {
     line: Vec<u8>,
-    /// The panic's first line, kept for a report that never ends.
+    /// The last panic banner's message, unless an orderly stop was printed after it.
     message: Option<String>,
 }
 
 impl PanicScanner {
-    /// The start of a panic report seen so far, if any.
-    pub fn started(&self) -> Option<&str> {
+    /// The message of the panic whose report is the last thing on the console, if any.
+    /// Ask when the guest resets or powers off.
+    pub fn pending_panic(&self) -> Option<&str> {
         self.message.as_deref()
     }
 
-    /// Feeds output; returns the panic message once the panic report is complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<String> {
-        let mut done = None;
+    /// Feeds output.
+    pub fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.line).into_owned();
                 self.line.clear();
-                if let Some(i) = line.find(PANIC_END) {
-                    let msg = line[i + PANIC_END.len()..]
-                        .trim()
-                        .trim_end_matches("]---")
-                        .trim();
-                    done = Some(format!("Kernel panic - not syncing: {msg}"));
-                } else if let Some(i) = line.find(PANIC_START) {
+                if let Some(i) = line.find(PANIC_START) {
                     self.message = Some(line[i..].trim().to_string());
-                }
-                if done.is_some() {
+                } else if ORDERLY_STOP.iter().any(|m| line.contains(m)) {
                     self.message = None;
                 }
             } else if self.line.len() < MAX_LINE {
                 self.line.push(b);
             }
         }
-        done
     }
 }
 
-/// The serial port's output: the configured sink plus the panic scanner.
+/// Console bytes held for a slow reader; beyond this, output is dropped and counted.
+pub const CONSOLE_BUFFER: usize = 64 << 10;
+/// How long the VMM waits at exit for buffered console output to reach a reader.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: VecDeque<u8>,
+    /// The writer thread is writing bytes it took from `bytes`.
+    writing: bool,
+    /// No more output will come; the writer ends once `bytes` is empty.
+    closed: bool,
+}
+
+/// Output waiting for the writer thread.
+#[derive(Debug, Default)]
+struct OutputQueue {
+    pending: Mutex<Pending>,
+    /// Signalled when bytes arrive or the queue closes.
+    more: Condvar,
+    /// Signalled when the writer finishes a write.
+    progress: Condvar,
+    /// Bytes dropped because the queue was full, or the sink failed.
+    dropped: AtomicU64,
+}
+
+impl OutputQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues what fits; returns how many bytes were dropped.
+    fn push(&self, buf: &[u8]) -> usize {
+        let mut p = self.lock();
+        let room = CONSOLE_BUFFER.saturating_sub(p.bytes.len());
+        let take = room.min(buf.len());
+        p.bytes.extend(&buf[..take]);
+        drop(p);
+        if take > 0 {
+            self.more.notify_one();
+        }
+        let lost = buf.len() - take;
+        self.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+        lost
+    }
+
+    /// The writer thread: blocking writes to the sink, off the vCPU threads.
+    fn serve(&self, mut sink: Box<dyn Write + Send>) {
+        let mut chunk = Vec::with_capacity(CONSOLE_BUFFER);
+        let mut failed = false;
+        loop {
+            {
+                let mut p = self.lock();
+                p.writing = false;
+                self.progress.notify_all();
+                while p.bytes.is_empty() && !p.closed {
+                    p = self
+                        .more
+                        .wait(p)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if p.bytes.is_empty() {
+                    return;
+                }
+                chunk.clear();
+                chunk.extend(p.bytes.drain(..));
+                p.writing = true;
+            }
+            if failed {
+                self.dropped
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+            // A reader that went away (EPIPE) or a full disk: keep the guest running and
+            // count what could not be written.
+            if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
+                failed = true;
+                self.dropped
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes the queue and waits up to `within` for the writer to write what is left.
+    /// Returns whether everything was written.
+    fn close_and_flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut p = self.lock();
+        p.closed = true;
+        self.more.notify_one();
+        while !p.bytes.is_empty() || p.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = self
+                .progress
+                .wait_timeout(p, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+/// The serial port's output: the panic scanner, then a bounded queue that a writer thread
+/// empties into the configured sink. A reader that stops reading never stops the guest:
+/// once [`CONSOLE_BUFFER`] bytes wait, further output is dropped and counted in the
+/// `uart.missed_write_count` metric.
 pub struct ConsoleOutput {
-    sink: Box<dyn Write + Send>,
     scanner: PanicScanner,
-    events: Option<EventSender>,
+    /// `None` for a console that discards everything.
+    queue: Option<Arc<OutputQueue>>,
 }
 
 impl std::fmt::Debug for ConsoleOutput {
@@ -98,52 +221,78 @@ impl std::fmt::Debug for ConsoleOutput {
 
 impl ConsoleOutput {
     /// Opens the sink for a console configuration. A file console is appended to.
-    pub fn open(cfg: &ConsoleConfig, events: Option<EventSender>) -> io::Result<Self> {
-        let sink: Box<dyn Write + Send> = match cfg {
-            ConsoleConfig::Stdio => Box::new(io::stdout()),
+    pub fn open(cfg: &ConsoleConfig) -> io::Result<Self> {
+        match cfg {
+            ConsoleConfig::Stdio => Self::from_writer(Box::new(io::stdout())),
             ConsoleConfig::File(p) => {
                 let f: File = OpenOptions::new().create(true).append(true).open(p)?;
-                Box::new(f)
+                Self::from_writer(Box::new(f))
             }
-            ConsoleConfig::None => Box::new(io::sink()),
-        };
+            ConsoleConfig::None => Ok(Self {
+                scanner: PanicScanner::default(),
+                queue: None,
+            }),
+        }
+    }
+
+    /// A console writing to `sink` from its own thread.
+    pub fn from_writer(sink: Box<dyn Write + Send>) -> io::Result<Self> {
+        let queue = Arc::new(OutputQueue::default());
+        let q = queue.clone();
+        std::thread::Builder::new()
+            .name("console".into())
+            .stack_size(64 << 10)
+            .spawn(move || q.serve(sink))?;
         Ok(Self {
-            sink,
             scanner: PanicScanner::default(),
-            events,
+            queue: Some(queue),
         })
     }
 
-    /// The first line of a panic report seen in the output, if any.
-    pub fn panic_started(&self) -> Option<String> {
-        self.scanner.started().map(str::to_string)
+    /// The message of a panic whose report is the last thing on the console (see
+    /// [`PanicScanner`]).
+    pub fn pending_panic(&self) -> Option<String> {
+        self.scanner.pending_panic().map(str::to_string)
     }
 
-    /// Wraps any writer (for tests).
-    pub fn from_writer(sink: Box<dyn Write + Send>, events: Option<EventSender>) -> Self {
-        Self {
-            sink,
-            scanner: PanicScanner::default(),
-            events,
-        }
+    /// Bytes dropped so far because the reader did not keep up or the sink failed.
+    pub fn dropped(&self) -> u64 {
+        self.queue
+            .as_ref()
+            .map_or(0, |q| q.dropped.load(Ordering::Relaxed))
     }
 }
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(msg) = self.scanner.feed(buf) {
-            if let Some(e) = &self.events {
-                e.send(VmEvent::GuestPanic(msg));
-            }
+        self.scanner.feed(buf);
+        METRICS.uart.write_count.add(buf.len() as u64);
+        if let Some(q) = &self.queue {
+            let lost = q.push(buf);
+            METRICS.uart.missed_write_count.add(lost as u64);
         }
-        // A closed or full sink must not stop the guest: the output is dropped instead.
-        let _ = self.sink.write_all(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.sink.flush();
         Ok(())
+    }
+}
+
+impl Drop for ConsoleOutput {
+    /// Gives the reader a bounded time to take what is buffered, then lets the writer go.
+    fn drop(&mut self) {
+        if let Some(q) = &self.queue {
+            if !q.close_and_flush(EXIT_FLUSH) {
+                log::warn!("console: the reader did not take the last buffered output");
+            }
+            let lost = q.dropped.load(Ordering::Relaxed);
+            if lost > 0 {
+                log::warn!(
+                    "console: {lost} bytes of guest output were dropped because the console's reader did not keep up"
+                );
+            }
+        }
     }
 }
 
@@ -213,46 +362,102 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_is_reported_when_its_report_ends() {
+    fn a_panic_banner_counts_until_an_orderly_stop_follows_it() {
         let mut s = PanicScanner::default();
+        s.feed(b"[    1.0] Kernel panic - not syncing: sysrq triggered crash\n");
+        s.feed(b"CPU: 0 PID: 1 Comm: sh\nCall trace:\n[    1.1] Rebooting in 1 seconds..\n");
         assert_eq!(
-            s.feed(b"[    1.0] Kernel panic - not syncing: sysrq triggered crash\n"),
-            None
-        );
-        assert_eq!(s.feed(b"CPU: 0 PID: 1 Comm: sh\nCall trace:\n"), None);
-        let got = s
-            .feed(b"[    1.2] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\r\n");
-        assert_eq!(
-            got.as_deref(),
+            s.pending_panic(),
             Some("Kernel panic - not syncing: sysrq triggered crash")
         );
-    }
-
-    #[test]
-    fn output_split_across_writes_is_scanned() {
-        let (tx, rx) = crate::events::channel().unwrap();
-        let mut out = ConsoleOutput::from_writer(Box::new(io::sink()), Some(tx));
-        for chunk in [
-            &b"---[ end Kernel pa"[..],
-            b"nic - not syncing: Attempted to kill init! ]---",
-            b"\n",
-        ] {
-            out.write_all(chunk).unwrap();
-        }
+        // Regression: a program that prints the banner and is followed by an ordinary
+        // reboot or power-off is not a panic.
+        s.feed(b"[    9.0] reboot: Power down\n");
+        assert_eq!(s.pending_panic(), None);
+        s.feed(b"---[ end Kernel pa");
+        s.feed(b"nic - not syncing: Attempted to kill init! ]---\n");
         assert_eq!(
-            rx.drain(),
-            vec![VmEvent::GuestPanic(
-                "Kernel panic - not syncing: Attempted to kill init!".into()
-            )]
+            s.pending_panic(),
+            Some("Kernel panic - not syncing: Attempted to kill init! ]---")
         );
     }
 
     #[test]
     fn ordinary_output_raises_nothing() {
         let mut s = PanicScanner::default();
-        assert_eq!(
-            s.feed(b"GUEST_READY\n/ # echo Kernel panic\nKernel panic\n"),
-            None
+        s.feed(b"GUEST_READY\n/ # echo Kernel panic\nKernel panic\n");
+        assert_eq!(s.pending_panic(), None);
+    }
+
+    /// A pipe whose reader never reads: the writer thread blocks once it is full.
+    fn stalled_pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two-element array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are new and owned by nothing else.
+        unsafe {
+            use std::os::fd::FromRawFd;
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+        }
+    }
+
+    #[test]
+    fn a_console_nobody_reads_never_blocks_the_writer() {
+        // Regression: output went to a blocking sink from the vCPU thread, so a stalled
+        // reader stopped the guest, then pause, then the VMM.
+        let (reader, writer) = stalled_pipe();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut out = ConsoleOutput::from_writer(Box::new(writer)).unwrap();
+            let line = [b'x'; 1000];
+            for _ in 0..4096 {
+                out.write_all(&line).unwrap();
+            }
+            let dropped = out.dropped();
+            // Dropping closes the queue; with nobody reading, the flush gives up.
+            let _ = done_tx.send(dropped);
+            drop(out);
+        });
+        // Not a timing assertion: the bound only turns a hang into a failure.
+        let dropped = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("writing to a console nobody reads returned");
+        let total = 4096 * 1000u64;
+        // At most the queue plus one pipe's worth (64 KiB on Linux) was taken.
+        assert!(
+            dropped >= total - (CONSOLE_BUFFER as u64) * 2 - (1 << 20),
+            "{dropped} of {total} bytes dropped"
         );
+        assert!(dropped < total);
+        worker.join().unwrap();
+        drop(reader);
+    }
+
+    #[test]
+    fn output_reaches_a_reader_in_order() {
+        let (reader, writer) = stalled_pipe();
+        let collector = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let mut r = reader;
+            io::Read::read_to_end(&mut r, &mut v).unwrap();
+            v
+        });
+        let mut out = ConsoleOutput::from_writer(Box::new(writer)).unwrap();
+        let mut want = Vec::new();
+        for i in 0..2000u32 {
+            let line = format!("line {i}\n");
+            want.extend_from_slice(line.as_bytes());
+            out.write_all(line.as_bytes()).unwrap();
+            if i % 100 == 0 {
+                // Let the writer catch up now and then, as a reader that keeps up would.
+                let q = out.queue.clone().unwrap();
+                while !q.lock().bytes.is_empty() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        assert_eq!(out.dropped(), 0);
+        drop(out);
+        assert_eq!(collector.join().unwrap(), want);
     }
 }

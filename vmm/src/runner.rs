@@ -12,24 +12,10 @@ use crate::config::{ResetPolicy, VmConfig};
 use crate::console::ConsoleOutput;
 use crate::controller::{Backend, Controller};
 use crate::device_manager::DeviceThread;
-use crate::events::{EventReceiver, EventSender, VmEvent};
+pub use crate::events::Outcome;
+use crate::events::{Decision, EventReceiver, EventSender, decide};
 use crate::metrics::METRICS;
 use crate::vcpu::{VcpuError, VcpuHandle};
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The guest powered off.
-    Shutdown,
-    /// The guest reset and the policy is to exit.
-    Reset,
-    /// The guest kernel panicked.
-    GuestPanic(String),
-    /// A vCPU failed.
-    VcpuFailed(String),
-    /// The VMM was asked to stop by a signal.
-    Signal(i32),
-}
 
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +173,7 @@ impl Backend for KvmBackend {
     type Vm = RunningVm;
 
     fn start(&mut self, cfg: &VmConfig) -> Result<RunningVm, String> {
-        let console = ConsoleOutput::open(&cfg.console, Some(self.events.clone()))
+        let console = ConsoleOutput::open(&cfg.console)
             .map_err(|e| format!("cannot open the console: {e}"))?;
         let built = builder::build(cfg, console, self.start).map_err(|e| e.to_string())?;
         let setup = self.start.elapsed().as_micros();
@@ -334,41 +320,32 @@ fn on_vm_events(
     ctl: &mut Controller<KvmBackend>,
     rx: &EventReceiver,
 ) -> Result<Option<Outcome>, RunError> {
-    let Some(e) = rx.drain().into_iter().next() else {
+    let events = rx.drain();
+    if events.is_empty() {
         return Ok(None);
-    };
-    let panic_seen = |ctl: &Controller<KvmBackend>| {
-        ctl.vm().and_then(|vm| {
-            vm.serial()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .writer_mut()
-                .panic_started()
-        })
-    };
-    Ok(Some(match e {
-        VmEvent::Shutdown => Outcome::Shutdown,
-        VmEvent::GuestPanic(msg) => Outcome::GuestPanic(msg),
-        VmEvent::VcpuError { index, message } => {
-            Outcome::VcpuFailed(format!("vcpu{index}: {message}"))
-        }
-        VmEvent::Reset => {
-            if let Some(msg) = panic_seen(ctl) {
-                return Ok(Some(Outcome::GuestPanic(msg)));
-            }
-            let reboot = ctl
-                .vm_config()
-                .is_ok_and(|c| c.on_reset == ResetPolicy::Reboot);
-            if !reboot {
-                return Ok(Some(Outcome::Reset));
-            }
+    }
+    let pending_panic = ctl.vm().and_then(|vm| {
+        vm.serial()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .writer_mut()
+            .pending_panic()
+    });
+    let reboot = ctl
+        .vm_config()
+        .is_ok_and(|c| c.on_reset == ResetPolicy::Reboot);
+    match decide(&events, pending_panic, reboot) {
+        Decision::Continue => Ok(None),
+        Decision::End(o) => Ok(Some(o)),
+        Decision::Reboot => {
             log::info!("guest reset: rebooting");
             if let Some(vm) = ctl.take_vm() {
                 vm.stop();
             }
+            // Reports from the old VM's vCPUs, sent while it stopped, are about it.
             let _ = rx.drain();
             ctl.start().map_err(RunError::Restart)?;
-            return Ok(None);
+            Ok(None)
         }
-    }))
+    }
 }

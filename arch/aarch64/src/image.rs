@@ -318,7 +318,7 @@ mod tests {
         // over the kernel in release ones).
         let mb = 1u64 << 20;
         let h = ImageHeader {
-            text_offset: u64::MAX & !(PAGE - 1),
+            text_offset: !(PAGE - 1),
             image_size: 1,
         };
         assert!(matches!(

@@ -1,4 +1,9 @@
 //! The 16550 UART (vm-superio) on MMIO, with input buffered beyond its 64-byte FIFO.
+//!
+//! Input waits in the VMM until the guest's driver has enabled the received-data interrupt,
+//! and enters the FIFO only as the guest drains it. A driver probing or starting the port
+//! reads and discards whatever the FIFO holds, so bytes typed (or piped) before the guest is
+//! ready would otherwise be lost.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,6 +18,14 @@ use crate::irq::IrqLine;
 const MAX_PENDING_INPUT: usize = 1 << 20;
 /// Offset of the receive buffer register.
 const RBR: u8 = 0;
+/// Offset of the interrupt enable register (with DLAB clear).
+const IER: u8 = 1;
+/// Offset of the line control register.
+const LCR: u8 = 3;
+/// IER: received data available interrupt enabled.
+const IER_RDA: u8 = 1;
+/// LCR: divisor latch access; offsets 0 and 1 are the divisor while it is set.
+const LCR_DLAB: u8 = 0x80;
 
 /// A serial port whose output goes to `W`.
 pub struct SerialDevice<W: Write + Send> {
@@ -37,14 +50,24 @@ impl<W: Write + Send> SerialDevice<W> {
         }
     }
 
-    /// Queues bytes for the guest to read; they enter the FIFO as it drains.
+    /// Queues bytes for the guest to read; they enter the FIFO once the guest's driver has
+    /// enabled receiving, and then as it drains.
     pub fn queue_input(&mut self, bytes: &[u8]) {
         let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
         self.pending.extend(&bytes[..bytes.len().min(room)]);
         self.refill();
     }
 
+    /// Whether the guest has enabled the received-data interrupt (reading LCR and IER has
+    /// no side effects).
+    fn receiving(&mut self) -> bool {
+        self.serial.read(LCR) & LCR_DLAB == 0 && self.serial.read(IER) & IER_RDA != 0
+    }
+
     fn refill(&mut self) {
+        if self.pending.is_empty() || !self.receiving() {
+            return;
+        }
         let n = self.serial.fifo_capacity().min(self.pending.len());
         if n == 0 {
             return;
@@ -84,6 +107,9 @@ impl<W: Write + Send> MmioDevice for SerialDevice<W> {
         if let (Ok(off), Some(&value)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.serial.write(off, value) {
                 log::warn!("serial output: {e:?}");
+            }
+            if off == IER {
+                self.refill();
             }
         }
     }
@@ -125,6 +151,44 @@ mod tests {
             got.push(b[0]);
         }
         assert_eq!(got, input);
+        assert_eq!(s.pending_input(), 0);
+    }
+
+    /// Reads everything the FIFO holds, as a driver's receive path does.
+    fn drain(s: &mut SerialDevice<Vec<u8>>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            s.read(LSR, &mut b);
+            if b[0] & LSR_DATA_READY == 0 {
+                return got;
+            }
+            s.read(0, &mut b);
+            got.push(b[0]);
+        }
+    }
+
+    #[test]
+    fn input_typed_before_the_driver_is_ready_waits_for_it() {
+        // Regression: input given before the guest's driver was up went into the FIFO,
+        // which the driver's probe and startup read and discard: `nproc` ran as `roc`.
+        let mut s = SerialDevice::new(IrqLine::new().unwrap(), Vec::new());
+        s.queue_input(b"nproc\n");
+        // The driver's startup: discards the FIFO, toggles IER with the divisor latch set
+        // (offset 1 is then the divisor), and reads RBR again.
+        assert_eq!(drain(&mut s), b"");
+        s.write(3, &[0x80]);
+        s.write(1, &[0x01]);
+        assert_eq!(drain(&mut s), b"");
+        s.write(3, &[0x03]);
+        s.read(0, &mut [0u8]);
+        assert_eq!(s.pending_input(), 6);
+        // The console's write path masks interrupts, then restores them.
+        s.write(1, &[0x00]);
+        assert_eq!(drain(&mut s), b"");
+        // Receiving is enabled: the input arrives, whole and in order.
+        s.write(1, &[0x05]);
+        assert_eq!(drain(&mut s), b"nproc\n");
         assert_eq!(s.pending_input(), 0);
     }
 
