@@ -275,11 +275,16 @@ fn a_1_mib_per_second_disk_limit_holds() {
         .filter_map(|t| t.parse().ok())
         .collect();
     let secs = times[1] - times[0];
-    let mib_per_s = 11.0 / secs;
-    println!("read 11 MiB in {secs:.2} s: {mib_per_s:.3} MiB/s against a 1 MiB/s limit");
+    println!(
+        "read 11 MiB in {secs:.2} s: {:.3} MiB/s against a 1 MiB/s limit",
+        11.0 / secs
+    );
+    // The bucket's arithmetic: 1 MiB of burst, then 1 MiB per second, so the other 10 MiB
+    // cannot take less than 10 s of guest time (less 0.01 s, the clock's resolution). A
+    // slow machine only makes it longer, so there is no upper bound.
     assert!(
-        (0.8..=1.2).contains(&mib_per_s),
-        "{mib_per_s} MiB/s is not within 20% of 1 MiB/s"
+        secs >= 9.99,
+        "11 MiB in {secs} s: faster than a 1 MiB/s limit allows"
     );
     power_off(g);
     let _ = std::fs::remove_file(img);
@@ -475,10 +480,10 @@ fn net_rate_limiters_hold_and_can_be_replaced_while_running() {
     ]);
     g.wait_for("GUEST_READY");
     g.sh("ip addr add 172.31.0.2/24 dev eth0; ip link set eth0 up; ping -c 1 -W 5 172.31.0.1 >/dev/null");
-    // 1 MiB of burst, then 1 MiB/s: 4 MiB take at least 3 s.
+    // 1 MiB of burst, then 1 MiB/s: 4 MiB take at least 3 s, so at most 1.34 MiB/s.
     let limited = guest_send_rate(&mut g, 9100, 4);
     assert!(
-        limited < 1.6,
+        limited < 1.34,
         "4 MiB at {limited} MiB/s under a 1 MiB/s limit"
     );
 
@@ -501,9 +506,11 @@ fn net_rate_limiters_hold_and_can_be_replaced_while_running() {
         Some(r#"{"iface_id": "eth0", "tx_rate_limiter": {}}"#),
     );
     assert_eq!(code, 204, "{text}");
+    // Under the old limit 8 MiB would take at least 7 s (1.15 MiB/s at most): anything
+    // faster proves the limit was lifted.
     let free = guest_send_rate(&mut g, 9101, 8);
     assert!(
-        free > 2.0 * limited,
+        free > 1.15,
         "lifting the limit: {free} MiB/s against {limited} MiB/s"
     );
     let (_, text) = curl(&sock, "GET", "/vm/config", None);
