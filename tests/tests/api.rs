@@ -142,6 +142,13 @@ fn the_getting_started_sequence_with_curl() {
         ("DELETE", "/vm", None, 405, "not allowed"),
         ("PUT", "/balloon", Some("{}"), 400, "not supported yet"),
         (
+            "PATCH",
+            "/machine-config",
+            Some(r#"{"track_dirty_pages": true}"#),
+            400,
+            "track_dirty_pages true is not supported yet",
+        ),
+        (
             "PUT",
             "/vsock",
             Some("{}"),
