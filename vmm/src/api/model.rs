@@ -1,5 +1,6 @@
 //! Request and response bodies of the API, with Firecracker's field names. Every request body
-//! refuses unknown fields.
+//! refuses unknown fields; the router refuses `null` and lists in a body before these types see
+//! it (serde would take them for a left-out field and for an object).
 
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
