@@ -188,7 +188,9 @@ fn config_file_errors_name_the_problem() {
     let (code, stderr) = refused(&["--config-file", &dirty, "--no-api"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("track_dirty_pages=true (dirty-page tracking comes with snapshots) is not supported yet"),
+        stderr.contains(
+            "track_dirty_pages=true (dirty-page tracking comes with snapshots) is not supported yet"
+        ),
         "{stderr}"
     );
 }
