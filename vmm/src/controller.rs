@@ -528,7 +528,17 @@ impl<B: Backend> Controller<B> {
                 l.log_path.as_deref().unwrap_or("")
             )
         })?;
-        self.logger = Some(l);
+        // The logger keeps what a request leaves out, so the stored configuration does too.
+        self.logger = Some(match self.logger.take() {
+            None => l,
+            Some(p) => LoggerConfig {
+                log_path: l.log_path.or(p.log_path),
+                level: l.level.or(p.level),
+                show_level: l.show_level.or(p.show_level),
+                show_log_origin: l.show_log_origin.or(p.show_log_origin),
+                module: l.module.or(p.module),
+            },
+        });
         Ok(())
     }
 

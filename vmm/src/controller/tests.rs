@@ -630,3 +630,21 @@ fn a_drive_patch_refused_half_way_changes_nothing() {
     std::fs::remove_file(old_img).unwrap();
     std::fs::remove_file(new_img).unwrap();
 }
+
+#[test]
+fn the_stored_logger_configuration_keeps_what_a_put_leaves_out() {
+    let mut c = ctl();
+    // Only the line decorations: the process's log level and output stay as they are.
+    assert_eq!(
+        call(&mut c, "PUT", "/logger", r#"{"show_level": true}"#).status,
+        204
+    );
+    assert_eq!(
+        call(&mut c, "PUT", "/logger", r#"{"show_log_origin": false}"#).status,
+        204
+    );
+    assert_eq!(
+        call(&mut c, "GET", "/vm/config", "").body.unwrap()["logger"],
+        json!({"show_level": true, "show_log_origin": false})
+    );
+}
