@@ -161,6 +161,7 @@ impl ApiResponse {
     }
 }
 
+/// A request body: a JSON object, checked by `plain_values`, then typed.
 fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiResponse::bad_request("the request needs a JSON body"));
@@ -177,6 +178,7 @@ fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
     T::deserialize(value).map_err(|e| invalid(e.to_string()))
 }
 
+/// A JSON value's type, as messages name it.
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -192,7 +194,8 @@ fn json_type(v: &Value) -> &'static str {
 /// field that may be left out, and a list for an object (its fields by position; also
 /// `{"Name": null}` for an enum name, refused by its null). Every request body this API
 /// takes is an object of strings, numbers, booleans and objects, as Firecracker's
-/// description has them, so both are a client's mistake; `at` names the field.
+/// description has them, so both are a client's mistake; `at` names the field. The depth is
+/// bounded by serde_json's recursion limit on the parse before.
 fn plain_values(v: &Value, at: &str) -> Result<(), String> {
     match v {
         Value::Null | Value::Array(_) => Err(format!(
