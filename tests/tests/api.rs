@@ -141,6 +141,28 @@ fn the_getting_started_sequence_with_curl() {
         ("GET", "/no/such/thing", None, 404, "no resource"),
         ("DELETE", "/vm", None, 405, "not allowed"),
         ("PUT", "/balloon", Some("{}"), 400, "not supported yet"),
+        ("DELETE", "/balloon", None, 405, "not allowed"),
+        (
+            "PUT",
+            "/serial",
+            Some(r#"{"serial_out_path": "/tmp/s"}"#),
+            400,
+            "the /serial resource is not supported yet",
+        ),
+        (
+            "PUT",
+            "/entropy",
+            Some(r#"{"rate_limiter": null}"#),
+            400,
+            "rate_limiter is null",
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            Some(r#"{"track_dirty_pages": true}"#),
+            400,
+            "track_dirty_pages true is not supported yet",
+        ),
         (
             "PUT",
             "/vsock",

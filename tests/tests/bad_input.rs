@@ -180,6 +180,19 @@ fn config_file_errors_name_the_problem() {
         &["--config-file", "/nonexistent.json", "--no-api"],
         "cannot read config file /nonexistent.json",
     );
+    let dirty = temp(
+        "dirty.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}}}}"#)
+            .as_bytes(),
+    );
+    let (code, stderr) = refused(&["--config-file", &dirty, "--no-api"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "track_dirty_pages=true (dirty-page tracking comes with snapshots) is not supported yet"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -46,6 +46,76 @@ pub enum DeviceChange {
     RateLimiter(LimiterSlot, Option<RateLimiterConfig>),
 }
 
+impl DeviceChange {
+    /// The API field this change sets.
+    fn field(&self) -> &'static str {
+        match self {
+            Self::Backing(_) => "path_on_host",
+            Self::RateLimiter(LimiterSlot::Main, _) => "rate_limiter",
+            Self::RateLimiter(LimiterSlot::Rx, _) => "rx_rate_limiter",
+            Self::RateLimiter(LimiterSlot::Tx, _) => "tx_rate_limiter",
+        }
+    }
+
+    /// Writes an applied change into a drive's stored configuration.
+    fn record_drive(&self, d: &mut Drive) {
+        match self {
+            Self::Backing(path) => d.path_on_host.clone_from(path),
+            Self::RateLimiter(_, r) => d.rate_limiter = *r,
+        }
+    }
+
+    /// Writes an applied change into an interface's stored configuration.
+    fn record_net(&self, n: &mut NetworkInterface) {
+        match self {
+            Self::RateLimiter(LimiterSlot::Rx, r) => n.rx_rate_limiter = *r,
+            Self::RateLimiter(LimiterSlot::Tx, r) => n.tx_rate_limiter = *r,
+            Self::RateLimiter(LimiterSlot::Main, _) | Self::Backing(_) => {}
+        }
+    }
+}
+
+/// One change of a PATCH to a running device, and the change that puts back what it replaces.
+#[derive(Debug)]
+struct Step {
+    apply: DeviceChange,
+    undo: DeviceChange,
+}
+
+/// Applies `steps` to a running device in order. When one fails, the ones already applied are
+/// undone, last first, so a refused PATCH changes neither the device nor its stored
+/// configuration. Returns how many steps stay applied (all on success; on failure, none, or
+/// those up to an undo that failed too, which the caller records so the stored configuration
+/// stays true) and the outcome.
+fn apply_steps<B: Backend>(
+    backend: &mut B,
+    vm: &B::Vm,
+    device: &str,
+    steps: &[Step],
+) -> (usize, Result<(), String>) {
+    for (i, step) in steps.iter().enumerate() {
+        let Err(e) = backend.update_device(vm, device, step.apply.clone()) else {
+            continue;
+        };
+        let e = format!("cannot apply {}: {e}", step.apply.field());
+        for (j, done) in steps[..i].iter().enumerate().rev() {
+            if let Err(u) = backend.update_device(vm, device, done.undo.clone()) {
+                let kept: Vec<&str> = steps[..=j].iter().map(|s| s.apply.field()).collect();
+                return (
+                    j + 1,
+                    Err(format!(
+                        "{e}; putting back the earlier {} failed too ({u}), so the new {} stays applied",
+                        done.undo.field(),
+                        kept.join(" and ")
+                    )),
+                );
+            }
+        }
+        return (0, Err(e));
+    }
+    (steps.len(), Ok(()))
+}
+
 /// A limiter with no bucket limits nothing: `{}` in a PATCH lifts the limit.
 fn effective(r: RateLimiterConfig) -> Option<RateLimiterConfig> {
     (r.bandwidth.is_some() || r.ops.is_some()).then_some(r)
@@ -301,30 +371,38 @@ impl<B: Backend> Controller<B> {
             .iter()
             .position(|d| d.drive_id == id)
             .ok_or(format!("no drive '{id}'"))?;
-        let mut updated = self.base.drives[index].clone();
+        let old = &self.base.drives[index];
+        // Everything that can be checked is checked before the device is touched.
         if let Some(r) = &p.rate_limiter {
             r.validate()?;
         }
-        let device = format!("block_{id}");
-        if let Some(path) = p.path_on_host {
-            updated.path_on_host = path;
-            check_drive_file(&updated)?;
-            self.backend.update_device(
-                vm,
-                &device,
-                DeviceChange::Backing(updated.path_on_host.clone()),
-            )?;
+        if let Some(path) = &p.path_on_host {
+            check_drive_file(&Drive {
+                path_on_host: path.clone(),
+                ..old.clone()
+            })?;
         }
+        // The limiter goes first: undoing it is exact, while undoing a backing swap would
+        // show the guest a second change.
+        let mut steps = Vec::new();
         if let Some(r) = p.rate_limiter {
-            updated.rate_limiter = effective(r);
-            self.backend.update_device(
-                vm,
-                &device,
-                DeviceChange::RateLimiter(LimiterSlot::Main, updated.rate_limiter),
-            )?;
+            steps.push(Step {
+                apply: DeviceChange::RateLimiter(LimiterSlot::Main, effective(r)),
+                undo: DeviceChange::RateLimiter(LimiterSlot::Main, old.rate_limiter),
+            });
         }
-        self.base.drives[index] = updated;
-        Ok(())
+        if let Some(path) = p.path_on_host {
+            steps.push(Step {
+                apply: DeviceChange::Backing(path),
+                undo: DeviceChange::Backing(old.path_on_host.clone()),
+            });
+        }
+        let device = format!("block_{id}");
+        let (kept, result) = apply_steps(&mut self.backend, vm, &device, &steps);
+        for s in &steps[..kept] {
+            s.apply.record_drive(&mut self.base.drives[index]);
+        }
+        result
     }
 
     fn patch_net(&mut self, id: &str, p: NetworkInterfacePatch) -> Result<(), String> {
@@ -349,28 +427,25 @@ impl<B: Backend> Controller<B> {
         {
             r.validate()?;
         }
+        let old = &self.base.net[index];
+        let steps: Vec<Step> = [
+            (LimiterSlot::Rx, p.rx_rate_limiter, old.rx_rate_limiter),
+            (LimiterSlot::Tx, p.tx_rate_limiter, old.tx_rate_limiter),
+        ]
+        .into_iter()
+        .filter_map(|(slot, new, old)| {
+            new.map(|r| Step {
+                apply: DeviceChange::RateLimiter(slot, effective(r)),
+                undo: DeviceChange::RateLimiter(slot, old),
+            })
+        })
+        .collect();
         let device = format!("net_{id}");
-        let mut updated = self.base.net[index].clone();
-        for (slot, new, field) in [
-            (
-                LimiterSlot::Rx,
-                p.rx_rate_limiter,
-                &mut updated.rx_rate_limiter,
-            ),
-            (
-                LimiterSlot::Tx,
-                p.tx_rate_limiter,
-                &mut updated.tx_rate_limiter,
-            ),
-        ] {
-            if let Some(r) = new {
-                *field = effective(r);
-                self.backend
-                    .update_device(vm, &device, DeviceChange::RateLimiter(slot, *field))?;
-            }
+        let (kept, result) = apply_steps(&mut self.backend, vm, &device, &steps);
+        for s in &steps[..kept] {
+            s.apply.record_net(&mut self.base.net[index]);
         }
-        self.base.net[index] = updated;
-        Ok(())
+        result
     }
 
     fn put_net(&mut self, id: &str, n: NetworkInterface) -> Result<(), String> {
@@ -453,7 +528,17 @@ impl<B: Backend> Controller<B> {
                 l.log_path.as_deref().unwrap_or("")
             )
         })?;
-        self.logger = Some(l);
+        // The logger keeps what a request leaves out, so the stored configuration does too.
+        self.logger = Some(match self.logger.take() {
+            None => l,
+            Some(p) => LoggerConfig {
+                log_path: l.log_path.or(p.log_path),
+                level: l.level.or(p.level),
+                show_level: l.show_level.or(p.show_level),
+                show_log_origin: l.show_log_origin.or(p.show_log_origin),
+                module: l.module.or(p.module),
+            },
+        });
         Ok(())
     }
 
@@ -495,442 +580,4 @@ impl<B: Backend> Controller<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::router::parse;
-
-    #[derive(Debug, Default)]
-    struct Fake {
-        starts: Vec<VmConfig>,
-        fail: Option<String>,
-        log: Vec<&'static str>,
-        changed: Vec<String>,
-    }
-
-    impl Backend for Fake {
-        type Vm = ();
-        fn start(&mut self, cfg: &VmConfig) -> Result<(), String> {
-            if let Some(e) = &self.fail {
-                return Err(e.clone());
-            }
-            self.starts.push(cfg.clone());
-            Ok(())
-        }
-        fn pause(&mut self, _: &()) {
-            self.log.push("pause");
-        }
-        fn resume(&mut self, _: &()) {
-            self.log.push("resume");
-        }
-        fn update_device(
-            &mut self,
-            _: &(),
-            device: &str,
-            change: DeviceChange,
-        ) -> Result<(), String> {
-            self.log.push(match change {
-                DeviceChange::Backing(_) => "backing",
-                DeviceChange::RateLimiter(LimiterSlot::Main, Some(_)) => "limit",
-                DeviceChange::RateLimiter(_, None) => "unlimit",
-                DeviceChange::RateLimiter(..) => "limit rx/tx",
-            });
-            self.changed.push(device.to_string());
-            Ok(())
-        }
-        fn device_metrics(&mut self, _: &()) -> Vec<crate::metrics::DeviceGroup> {
-            vec![("block_fake".into(), vec![("read_count", 7)])]
-        }
-    }
-
-    fn kernel() -> String {
-        // Any readable regular file passes PUT /boot-source's check.
-        std::env::current_exe().unwrap().display().to_string()
-    }
-
-    fn call(c: &mut Controller<Fake>, method: &str, path: &str, body: &str) -> ApiResponse {
-        match parse(method, path, body.as_bytes()) {
-            Ok(r) => c.handle(r),
-            Err(e) => e,
-        }
-    }
-
-    fn ctl() -> Controller<Fake> {
-        Controller::new("vm0".into(), Fake::default(), VmConfig::new(PathBuf::new()))
-    }
-
-    #[test]
-    fn the_getting_started_sequence_boots() {
-        let mut c = ctl();
-        assert_eq!(
-            call(&mut c, "GET", "/", "").body.unwrap()["state"],
-            "Not started"
-        );
-        let bs = format!(
-            r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
-            kernel()
-        );
-        assert_eq!(call(&mut c, "PUT", "/boot-source", &bs).status, 204);
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/machine-config",
-                r#"{"vcpu_count": 2, "mem_size_mib": 256}"#
-            )
-            .status,
-            204
-        );
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "InstanceStart"}"#
-            )
-            .status,
-            204
-        );
-        let started = &c.backend.starts[0];
-        assert_eq!(
-            (started.vcpus, started.mem_mib, started.cmdline.as_str()),
-            (2, 256, "console=ttyS0")
-        );
-        let info = call(&mut c, "GET", "/", "").body.unwrap();
-        assert_eq!(
-            (info["state"].as_str(), info["id"].as_str()),
-            (Some("Running"), Some("vm0"))
-        );
-    }
-
-    #[test]
-    fn state_rules_after_start() {
-        let mut c = ctl();
-        call(
-            &mut c,
-            "PUT",
-            "/boot-source",
-            &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel()),
-        );
-        assert_eq!(
-            call(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#)
-                .body
-                .unwrap()["fault_message"],
-            BEFORE_START
-        );
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "InstanceStart"}"#
-            )
-            .status,
-            204
-        );
-        let again = call(
-            &mut c,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#,
-        );
-        assert_eq!(again.status, 400);
-        assert_eq!(
-            c.backend.starts.len(),
-            1,
-            "a second InstanceStart starts nothing"
-        );
-        let m = call(
-            &mut c,
-            "PUT",
-            "/machine-config",
-            r#"{"vcpu_count": 4, "mem_size_mib": 512}"#,
-        );
-        assert_eq!(m.body.unwrap()["fault_message"], AFTER_START);
-        assert_eq!(
-            call(&mut c, "PATCH", "/machine-config", r#"{"vcpu_count": 4}"#).status,
-            400
-        );
-        assert_eq!(
-            call(&mut c, "GET", "/machine-config", "").body.unwrap()["vcpu_count"],
-            1,
-            "unchanged"
-        );
-        assert_eq!(
-            call(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#).status,
-            400
-        );
-        assert_eq!(
-            call(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
-            204
-        );
-        assert_eq!(
-            call(&mut c, "GET", "/", "").body.unwrap()["state"],
-            "Paused"
-        );
-        assert_eq!(
-            call(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
-            400
-        );
-        assert_eq!(
-            call(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#).status,
-            204
-        );
-        assert_eq!(c.backend.log, vec!["pause", "resume"]);
-    }
-
-    #[test]
-    fn bad_configuration_changes_nothing() {
-        let mut c = ctl();
-        let r = call(
-            &mut c,
-            "PUT",
-            "/boot-source",
-            r#"{"kernel_image_path": "/nonexistent/Image"}"#,
-        );
-        assert_eq!(r.status, 400);
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("cannot open kernel image /nonexistent/Image")
-        );
-        assert_eq!(
-            call(&mut c, "GET", "/vm/config", "").body.unwrap()["boot-source"],
-            serde_json::Value::Null
-        );
-        for bad in [
-            r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
-            r#"{"vcpu_count": 1, "mem_size_mib": 0}"#,
-            r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#,
-        ] {
-            assert_eq!(
-                call(&mut c, "PUT", "/machine-config", bad).status,
-                400,
-                "{bad}"
-            );
-        }
-        assert_eq!(call(&mut c, "PATCH", "/machine-config", "{}").status, 400);
-        assert_eq!(
-            call(&mut c, "GET", "/machine-config", "").body.unwrap(),
-            json!(MachineConfig::default())
-        );
-        let r = call(
-            &mut c,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#,
-        );
-        assert_eq!(
-            r.body.unwrap()["fault_message"],
-            "Cannot start microvm without kernel configuration."
-        );
-        assert_eq!(c.state(), InstanceState::NotStarted);
-    }
-
-    #[test]
-    fn a_failed_start_leaves_the_instance_configurable() {
-        let mut c = ctl();
-        c.backend.fail = Some("kernel /k: not an arm64 Linux Image".into());
-        call(
-            &mut c,
-            "PUT",
-            "/boot-source",
-            &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel()),
-        );
-        let r = call(
-            &mut c,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "InstanceStart"}"#,
-        );
-        assert_eq!(r.status, 400);
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("not an arm64")
-        );
-        assert_eq!(c.state(), InstanceState::NotStarted);
-        assert_eq!(
-            call(
-                &mut c,
-                "PATCH",
-                "/machine-config",
-                r#"{"mem_size_mib": 512}"#
-            )
-            .status,
-            204
-        );
-    }
-
-    #[test]
-    fn metrics_flush_needs_a_sink() {
-        let mut c = ctl();
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "FlushMetrics"}"#
-            )
-            .status,
-            400
-        );
-        let p = std::env::temp_dir().join(format!("vmm-ctl-metrics-{}", std::process::id()));
-        let body = format!(r#"{{"metrics_path": "{}"}}"#, p.display());
-        assert_eq!(call(&mut c, "PUT", "/metrics", &body).status, 204);
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "FlushMetrics"}"#
-            )
-            .status,
-            204
-        );
-        let line = std::fs::read_to_string(&p).unwrap();
-        let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
-        assert!(
-            v.get("block_fake").is_none(),
-            "no device groups before start"
-        );
-        assert!(v["put_api_requests"]["actions_count"].as_u64().unwrap() >= 1);
-        std::fs::remove_file(p).unwrap();
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "SendCtrlAltDel"}"#
-            )
-            .status,
-            400
-        );
-    }
-
-    fn temp_image(tag: &str) -> String {
-        let p = std::env::temp_dir().join(format!("vmm-ctl-{tag}-{}", std::process::id()));
-        std::fs::write(&p, vec![0u8; 4096]).unwrap();
-        p.display().to_string()
-    }
-
-    #[test]
-    fn drives_follow_the_rules() {
-        let mut c = ctl();
-        let img = temp_image("drive");
-        let put = |c: &mut Controller<Fake>, id: &str, body: String| {
-            call(c, "PUT", &format!("/drives/{id}"), &body)
-        };
-        let d = |id: &str, root: bool, path: &str| {
-            format!(
-                r#"{{"drive_id": "{id}", "path_on_host": "{path}", "is_root_device": {root}, "is_read_only": false}}"#
-            )
-        };
-        assert_eq!(put(&mut c, "rootfs", d("rootfs", true, &img)).status, 204);
-        let r = put(&mut c, "other", d("rootfs", false, &img));
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("differs")
-        );
-        let r = put(&mut c, "second", d("second", true, &img));
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("only one drive can be the root")
-        );
-        let r = put(&mut c, "missing", d("missing", false, "/nonexistent.img"));
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("cannot open /nonexistent.img")
-        );
-        assert_eq!(
-            put(&mut c, "rootfs", d("rootfs", true, &img)).status,
-            204,
-            "replacing the same id is fine"
-        );
-        let cfg = call(&mut c, "GET", "/vm/config", "").body.unwrap();
-        assert_eq!(
-            cfg["drives"].as_array().unwrap().len(),
-            1,
-            "failed PUTs changed nothing"
-        );
-        let patch = format!(r#"{{"drive_id": "rootfs", "path_on_host": "{img}"}}"#);
-        assert_eq!(
-            call(&mut c, "PATCH", "/drives/rootfs", &patch).status,
-            400,
-            "PATCH needs a running guest"
-        );
-        assert_eq!(call(&mut c, "PUT", "/entropy", "{}").status, 204);
-        call(
-            &mut c,
-            "PUT",
-            "/boot-source",
-            &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel()),
-        );
-        assert_eq!(
-            call(
-                &mut c,
-                "PUT",
-                "/actions",
-                r#"{"action_type": "InstanceStart"}"#
-            )
-            .status,
-            204
-        );
-        let started = &c.backend.starts[0];
-        assert_eq!((started.drives.len(), started.entropy.is_some()), (1, true));
-        assert_eq!(
-            put(&mut c, "late", d("late", false, &img)).status,
-            400,
-            "no hotplug"
-        );
-        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", &patch).status, 204);
-        assert_eq!(c.backend.log, vec!["backing"]);
-        let limit = r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#;
-        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", limit).status, 204);
-        let unlimit = r#"{"drive_id": "rootfs", "rate_limiter": {}}"#;
-        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", unlimit).status, 204);
-        assert_eq!(c.backend.log, vec!["backing", "limit", "unlimit"]);
-        assert_eq!(c.backend.changed, vec!["block_rootfs"; 3]);
-        let bad = r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 100}}}"#;
-        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", bad).status, 400);
-        let nothing = r#"{"drive_id": "rootfs"}"#;
-        assert_eq!(call(&mut c, "PATCH", "/drives/rootfs", nothing).status, 400);
-        assert_eq!(c.backend.log.len(), 3, "refused patches change nothing");
-        let r = call(
-            &mut c,
-            "PATCH",
-            "/drives/nope",
-            r#"{"drive_id": "nope", "path_on_host": "/x"}"#,
-        );
-        assert!(
-            r.body.unwrap()["fault_message"]
-                .as_str()
-                .unwrap()
-                .contains("no drive 'nope'")
-        );
-        std::fs::remove_file(img).unwrap();
-    }
-
-    #[test]
-    fn vm_config_lists_every_section() {
-        let mut c = ctl();
-        let v = call(&mut c, "GET", "/vm/config", "").body.unwrap();
-        for key in [
-            "boot-source",
-            "machine-config",
-            "drives",
-            "network-interfaces",
-            "logger",
-            "metrics",
-        ] {
-            assert!(v.get(key).is_some(), "{key}");
-        }
-    }
-}
+mod tests;

@@ -33,8 +33,24 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/network-interfaces/{iface_id}", "PATCH"),
 ];
 
-/// Firecracker resources that later work brings; until then they get a 400 that says so.
-pub const NOT_YET: &[&str] = &["/snapshot", "/cpu-config", "/balloon", "/mmds"];
+/// Firecracker's resources that later work brings, with the methods Firecracker serves on
+/// each: until then those methods get a 400 that says so, and any other method a 405, as on
+/// the served resources.
+pub const NOT_YET: &[(&str, &[&str])] = &[
+    ("/snapshot/create", &["PUT"]),
+    ("/snapshot/load", &["PUT"]),
+    ("/cpu-config", &["PUT"]),
+    ("/balloon", &["GET", "PUT", "PATCH"]),
+    ("/balloon/statistics", &["GET", "PATCH"]),
+    ("/balloon/hinting/start", &["PATCH"]),
+    ("/balloon/hinting/status", &["GET"]),
+    ("/balloon/hinting/stop", &["PATCH"]),
+    ("/mmds", &["GET", "PUT", "PATCH"]),
+    ("/mmds/config", &["PUT"]),
+    ("/serial", &["PUT"]),
+    ("/pmem/{id}", &["PUT", "PATCH"]),
+    ("/hotplug/memory", &["GET", "PUT", "PATCH"]),
+];
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,12 +161,97 @@ impl ApiResponse {
     }
 }
 
+/// A request body: a JSON object, checked by `plain_values`, then typed.
 fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiResponse::bad_request("the request needs a JSON body"));
     }
-    serde_json::from_slice(raw)
-        .map_err(|e| ApiResponse::bad_request(format!("invalid request body: {e}")))
+    let invalid = |e: String| ApiResponse::bad_request(format!("invalid request body: {e}"));
+    let value: Value = serde_json::from_slice(raw).map_err(|e| invalid(e.to_string()))?;
+    if !value.is_object() {
+        return Err(invalid(format!(
+            "expected a JSON object, found {}",
+            json_type(&value)
+        )));
+    }
+    plain_values(&value, "").map_err(invalid)?;
+    T::deserialize(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// A JSON value's type, as messages name it.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses the two shapes serde would take in place of the type a field has: `null` for a
+/// field that may be left out, and a list for an object (its fields by position; also
+/// `{"Name": null}` for an enum name, refused by its null). Every request body this API
+/// takes is an object of strings, numbers, booleans and objects, as Firecracker's
+/// description has them, so both are a client's mistake; `at` names the field. The depth is
+/// bounded by serde_json's recursion limit on the parse before.
+fn plain_values(v: &Value, at: &str) -> Result<(), String> {
+    match v {
+        Value::Null | Value::Array(_) => Err(format!(
+            "{at} is {}: give a value of its type, or leave the field out",
+            json_type(v)
+        )),
+        Value::Object(fields) => fields.iter().try_for_each(|(name, field)| {
+            let path = if at.is_empty() {
+                name.clone()
+            } else {
+                format!("{at}.{name}")
+            };
+            plain_values(field, &path)
+        }),
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(()),
+    }
+}
+
+/// Whether `path` is an instance of the route `template`, whose `{name}` segments stand for
+/// one non-empty segment.
+fn matches(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') && !ps.is_empty() => {}
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The answer to a method a served or known path does not take, or to a path nobody serves.
+fn unrouted(method: &str, path: &str) -> ApiResponse {
+    let not_allowed = |allowed: Vec<&str>| {
+        let mut r = ApiResponse::fault(405, format!("{method} is not allowed on {path}"));
+        r.allow = Some(allowed.join(", "));
+        r
+    };
+    let served: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(t, _)| matches(t, path))
+        .map(|(_, m)| *m)
+        .collect();
+    if !served.is_empty() {
+        return not_allowed(served);
+    }
+    if let Some((template, methods)) = NOT_YET.iter().find(|(t, _)| matches(t, path)) {
+        if methods.contains(&method) {
+            return ApiResponse::bad_request(format!(
+                "the {template} resource is not supported yet"
+            ));
+        }
+        return not_allowed(methods.to_vec());
+    }
+    ApiResponse::fault(404, format!("no resource at {path}"))
 }
 
 /// The id in `/drives/{drive_id}`.
@@ -202,34 +303,7 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
                 ApiRequest::PatchDrive(id, body(raw)?)
             }
         }
-        _ => {
-            if let Some(r) = NOT_YET
-                .iter()
-                .find(|r| path == **r || path.starts_with(&format!("{r}/")))
-            {
-                return Err(ApiResponse::bad_request(format!(
-                    "the {r} resource is not supported yet"
-                )));
-            }
-            let template = if drive_id(path).is_some() {
-                "/drives/{drive_id}"
-            } else if iface_id(path).is_some() {
-                "/network-interfaces/{iface_id}"
-            } else {
-                path
-            };
-            let allowed: Vec<&str> = ROUTES
-                .iter()
-                .filter(|(p, _)| *p == template)
-                .map(|(_, m)| *m)
-                .collect();
-            if !allowed.is_empty() {
-                let mut r = ApiResponse::fault(405, format!("{method} is not allowed on {path}"));
-                r.allow = Some(allowed.join(", "));
-                return Err(r);
-            }
-            return Err(ApiResponse::fault(404, format!("no resource at {path}")));
-        }
+        _ => return Err(unrouted(method, path)),
     };
     Ok(req)
 }
@@ -335,6 +409,36 @@ mod tests {
     }
 
     #[test]
+    fn dirty_page_tracking_is_refused_until_snapshots() {
+        use crate::api::model::TRACK_DIRTY_PAGES_NOT_YET;
+        for (method, body) in [
+            (
+                "PUT",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#,
+            ),
+            ("PATCH", r#"{"track_dirty_pages": true}"#),
+        ] {
+            let (s, m) = fault(parse(method, "/machine-config", body.as_bytes()));
+            assert_eq!(s, 400);
+            assert!(m.contains(TRACK_DIRTY_PAGES_NOT_YET), "{method}: {m}");
+        }
+        let put = parse(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": false}"#,
+        );
+        assert!(matches!(put, Ok(ApiRequest::PutMachineConfig(m)) if !m.track_dirty_pages));
+        let patch = parse(
+            "PATCH",
+            "/machine-config",
+            br#"{"track_dirty_pages": false}"#,
+        );
+        assert!(
+            matches!(patch, Ok(ApiRequest::PatchMachineConfig(p)) if p.track_dirty_pages == Some(false))
+        );
+    }
+
+    #[test]
     fn paths_and_methods() {
         assert_eq!(fault(parse("GET", "/nope", b"")).0, 404);
         assert_eq!(fault(parse("DELETE", "/machine-config", b"")).0, 405);
@@ -362,8 +466,9 @@ mod tests {
         assert!(matches!(d, ApiRequest::PutDrive(id, d) if id == "rootfs" && d.is_root_device));
         assert_eq!(
             fault(parse("PUT", "/snapshot/create", b"{}")).1,
-            "the /snapshot resource is not supported yet"
+            "the /snapshot/create resource is not supported yet"
         );
+        assert_eq!(fault(parse("PUT", "/snapshot", b"{}")).0, 404);
         assert_eq!(
             fault(parse("PUT", "/logger", &vec![b' '; MAX_BODY + 1])).0,
             413
@@ -371,6 +476,100 @@ mod tests {
         assert_eq!(
             parse("GET", "/?x=1", b"").unwrap(),
             ApiRequest::GetInstanceInfo
+        );
+    }
+
+    #[test]
+    fn firecracker_resources_not_served_yet_say_so() {
+        for (method, path, name) in [
+            ("PUT", "/serial", "/serial"),
+            ("PUT", "/pmem/pm0", "/pmem/{id}"),
+            ("PATCH", "/pmem/pm0", "/pmem/{id}"),
+            ("GET", "/hotplug/memory", "/hotplug/memory"),
+            ("PATCH", "/hotplug/memory", "/hotplug/memory"),
+            ("GET", "/balloon/statistics", "/balloon/statistics"),
+            ("PUT", "/mmds/config", "/mmds/config"),
+        ] {
+            assert_eq!(
+                fault(parse(method, path, b"{}")),
+                (400, format!("the {name} resource is not supported yet")),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(fault(parse("PUT", "/pmem/", b"{}")).0, 404);
+        assert_eq!(fault(parse("PUT", "/hotplug", b"{}")).0, 404);
+    }
+
+    #[test]
+    fn methods_a_path_does_not_serve_get_405_with_allow() {
+        for (method, path, allow) in [
+            ("DELETE", "/balloon", "GET, PUT, PATCH"),
+            ("GET", "/serial", "PUT"),
+            ("DELETE", "/pmem/pm0", "PUT, PATCH"),
+            ("POST", "/hotplug/memory", "GET, PUT, PATCH"),
+            ("GET", "/snapshot/create", "PUT"),
+            ("GET", "/entropy", "PUT"),
+            ("DELETE", "/network-interfaces/eth0", "PUT, PATCH"),
+            ("PUT", "/", "GET"),
+        ] {
+            let e = parse(method, path, b"{}").unwrap_err();
+            assert_eq!(
+                (e.status, e.allow.as_deref()),
+                (405, Some(allow)),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_400_naming_the_field() {
+        for (path, body, field) in [
+            (
+                "/entropy",
+                r#"{"rate_limiter": null}"#,
+                "rate_limiter is null",
+            ),
+            (
+                "/entropy",
+                r#"{"rate_limiter": []}"#,
+                "rate_limiter is a list",
+            ),
+            (
+                "/entropy",
+                r#"{"rate_limiter": [{"size": 1, "refill_time": 1}]}"#,
+                "rate_limiter is a list",
+            ),
+            (
+                "/entropy",
+                r#"{"rate_limiter": {"bandwidth": null}}"#,
+                "rate_limiter.bandwidth is null",
+            ),
+            ("/logger", r#"{"show_level": null}"#, "show_level is null"),
+            ("/logger", r#"{"log_path": null}"#, "log_path is null"),
+            (
+                "/logger",
+                r#"{"level": {"Info": null}}"#,
+                "level.Info is null",
+            ),
+            ("/logger", r#"["/tmp/log", "Info"]"#, "found a list"),
+            ("/logger", "null", "found null"),
+            ("/entropy", "[]", "found a list"),
+        ] {
+            let (s, m) = fault(parse("PUT", path, body.as_bytes()));
+            assert_eq!(s, 400, "{path} {body}");
+            assert!(m.contains(field), "{path} {body}: {m}");
+        }
+        let (_, m) = fault(parse("PUT", "/logger", br#"{"show_level": "yes"}"#));
+        assert!(m.contains("invalid type: string"), "{m}");
+        // The same fields with values of their types are fine.
+        assert!(parse("PUT", "/entropy", br#"{"rate_limiter": {}}"#).is_ok());
+        assert!(
+            parse(
+                "PUT",
+                "/logger",
+                br#"{"level": "Info", "show_level": true}"#
+            )
+            .is_ok()
         );
     }
 
