@@ -41,8 +41,12 @@ pub const MEM_SIZE: u64 = 0x1_0000;
 pub const RING: u64 = 0;
 /// Where the vsock target's receive queue starts.
 pub const RX_RING: u64 = 0x2000;
-/// Where the vsock target's receive buffers start.
-pub const RX_BUFFERS: u64 = 0x3000;
+/// Where the vsock target's receive buffers start, [`RX_BUFFER_MAX`] bytes apart.
+pub const RX_BUFFERS: u64 = 0x2400;
+/// The largest receive buffer of the vsock target.
+pub const RX_BUFFER_MAX: u16 = 0x1c0;
+/// The most receive buffers the vsock target offers.
+pub const RX_BUFFER_COUNT: u16 = 16;
 /// Where the payload at the end of an input is copied.
 pub const PAYLOAD: u64 = 0x4000;
 /// Flag bit of an encoded descriptor: its address is a u64 (else a u16).
@@ -56,9 +60,6 @@ pub const GUEST_CID: u64 = 3;
 pub const LISTENING_PORT: u32 = 1024;
 /// Sectors in the block target's image.
 pub const IMAGE_SECTORS: u64 = 64;
-
-const RX_BUFFER_COUNT: u16 = 16;
-const RX_BUFFER_LEN: u32 = 256;
 
 /// Reads fields off the front of a fuzz input; past its end every field is zero.
 struct Input<'a>(&'a [u8]);
@@ -315,12 +316,15 @@ fn run_net(data: &[u8]) -> NetOutcome {
 
 /// The vsock device's transmit path: packets the guest sends (queue 1), with a host
 /// listener on [`LISTENING_PORT`] so a guest's REQUEST to it connects, and optionally a host
-/// process that connected first. Then the device fills a receive queue of sixteen 256-byte
-/// buffers with what it owes the guest (responses, resets, credit).
+/// process that connected first. Then the device fills a receive queue, whose buffer sizes
+/// the input gives, with what it owes the guest (responses, resets, credit, the host's data).
 ///
 /// Option bytes come first: a length L (at most 64); if non-zero, a host process connects to
 /// the device's socket and sends the next L bytes (its `CONNECT <port>\n` line and early
-/// data) before the guest's packets. The queue input follows.
+/// data) before the guest's packets. Then the receive buffers: a count byte C (`1 + C % 16`
+/// buffers), and C u16 lengths, each capped at [`RX_BUFFER_MAX`] (448): so 0, header-only
+/// (44) and other buffers too small for a packet or its payload are all reachable. The queue
+/// input follows.
 pub fn vsock_tx(data: &[u8]) {
     run_vsock(data);
 }
@@ -336,6 +340,10 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
     let mut input = Input(data);
     let line = usize::from(input.u8()).min(64);
     let line = input.bytes(line);
+    let rx_count = 1 + u16::from(input.u8()) % RX_BUFFER_COUNT;
+    let rx_lens: Vec<u16> = (0..rx_count)
+        .map(|_| input.u16().min(RX_BUFFER_MAX))
+        .collect();
     let uds = unique_temp_path("vsock");
     let mut port_path = uds.clone().into_os_string();
     port_path.push(format!("_{LISTENING_PORT}"));
@@ -354,10 +362,11 @@ fn run_vsock(data: &[u8]) -> VsockOutcome {
     });
     let mem = guest_memory();
     let rx_mq = MockSplitQueue::create(&mem, GuestAddress(RX_RING), RX_BUFFER_COUNT);
-    let rx_bufs: Vec<RawDescriptor> = (0..RX_BUFFER_COUNT)
-        .map(|i| {
-            let addr = RX_BUFFERS + u64::from(i) * u64::from(RX_BUFFER_LEN);
-            let d = SplitDescriptor::new(addr, RX_BUFFER_LEN, VRING_DESC_F_WRITE as u16, 0);
+    let rx_bufs: Vec<RawDescriptor> = (0u64..)
+        .zip(&rx_lens)
+        .map(|(i, &len)| {
+            let addr = RX_BUFFERS + i * u64::from(RX_BUFFER_MAX);
+            let d = SplitDescriptor::new(addr, u32::from(len), VRING_DESC_F_WRITE as u16, 0);
             RawDescriptor::from(d)
         })
         .collect();

@@ -166,8 +166,27 @@ fn vsock_hdr(op: u16, src_port: u32, dst_port: u32, len: u32, flags: u32) -> Vec
     .to_vec()
 }
 
+/// Encodes the vsock target's receive buffers.
+fn rx_bufs(lens: &[u16]) -> Vec<u8> {
+    let mut v = vec![(lens.len() - 1) as u8];
+    for l in lens {
+        v.extend_from_slice(&l.to_le_bytes());
+    }
+    v
+}
+
+/// Four receive buffers of 256 bytes.
+fn roomy() -> Vec<u8> {
+    rx_bufs(&[256; 4])
+}
+
 /// A guest connection to the listening port: REQUEST, then data, then SHUTDOWN.
 fn vsock_guest_connects() -> Vec<u8> {
+    vsock_guest_connects_rx(&roomy())
+}
+
+/// The same, with receive buffers `rx` (encoded).
+fn vsock_guest_connects_rx(rx: &[u8]) -> Vec<u8> {
     let mut payload = vsock_hdr(op::REQUEST, 5000, LISTENING_PORT, 0, 0);
     payload.resize(0x40, 0);
     payload.extend_from_slice(&vsock_hdr(op::RW, 5000, LISTENING_PORT, 5, 0));
@@ -178,6 +197,7 @@ fn vsock_guest_connects() -> Vec<u8> {
     payload.extend_from_slice(&vsock_hdr(op::SHUTDOWN, 5000, LISTENING_PORT, 0, flags));
     [0u8]
         .into_iter()
+        .chain(rx.iter().copied())
         .chain(queue(
             4,
             &[
@@ -194,9 +214,15 @@ fn vsock_guest_connects() -> Vec<u8> {
 
 /// A host process connects to guest port 52 and the guest accepts.
 fn vsock_host_connects() -> Vec<u8> {
+    vsock_host_connects_rx(&roomy())
+}
+
+/// The same, with receive buffers `rx` (encoded).
+fn vsock_host_connects_rx(rx: &[u8]) -> Vec<u8> {
     let line = b"CONNECT 52\nearly";
     let mut v = vec![line.len() as u8];
     v.extend_from_slice(line);
+    v.extend_from_slice(rx);
     let first_host_port = 1 << 30;
     v.extend(queue(
         4,
@@ -210,6 +236,7 @@ fn vsock_host_connects() -> Vec<u8> {
 fn vsock_tx_seeds() -> Seeds {
     let stray = [0u8]
         .into_iter()
+        .chain(roomy())
         .chain(queue(
             4,
             &[(at(0), HDR_LEN as u32, 0, 0)],
@@ -221,6 +248,16 @@ fn vsock_tx_seeds() -> Seeds {
         ("guest-connects", vsock_guest_connects()),
         ("host-connects", vsock_host_connects()),
         ("stray-packet", stray),
+        // Data waits on the host side while the next buffer has room for a header only.
+        (
+            "host-data-header-only-rx",
+            vsock_host_connects_rx(&rx_bufs(&[HDR_LEN as u16, HDR_LEN as u16, RX_BUFFER_MAX])),
+        ),
+        // Buffers too small for a header, then one that fits a header only.
+        (
+            "guest-connects-tiny-rx",
+            vsock_guest_connects_rx(&rx_bufs(&[0, 10, HDR_LEN as u16, RX_BUFFER_MAX])),
+        ),
     ]
 }
 
@@ -272,6 +309,37 @@ fn net_seeds() -> Seeds {
                 .collect(),
         ),
         (
+            // A 40-byte frame over header-sized (12-byte) mergeable buffers.
+            "rx-header-sized-mergeable",
+            [3u8, 40, 0]
+                .into_iter()
+                .chain(queue(
+                    4,
+                    &[
+                        (at(0), 12, WRITE, 0),
+                        (at(0x100), 12, WRITE, 0),
+                        (at(0x200), 12, WRITE, 0),
+                        (at(0x300), 12, WRITE, 0),
+                    ],
+                    &[0, 1, 2, 3],
+                    &[],
+                ))
+                .collect(),
+        ),
+        (
+            // Zero-length mergeable buffers: the frame waits.
+            "rx-zero-length-mergeable",
+            [3u8, 40, 0]
+                .into_iter()
+                .chain(queue(
+                    4,
+                    &[(at(0), 0, WRITE, 0), (at(0x100), 0, WRITE, 0)],
+                    &[0, 1],
+                    &[],
+                ))
+                .collect(),
+        ),
+        (
             // A header and 1000 bytes of frame in two buffers.
             "tx-frame",
             [0u8, 0, 0]
@@ -305,6 +373,10 @@ fn net_seeds_are_served() {
     assert_eq!(out.sent.len(), 1);
     assert_eq!(out.sent[0].len(), 1012);
     assert!(out.sent[0][12..].iter().all(|b| *b == 0xee));
+    let out = run_net(&seeds["rx-header-sized-mergeable"]);
+    assert_eq!(out.queue.used, vec![(0, 12), (1, 12), (2, 12), (3, 4)]);
+    let out = run_net(&seeds["rx-zero-length-mergeable"]);
+    assert_eq!(out.queue.used, vec![], "no room: nothing taken");
     // Without mergeable buffers a frame larger than the one buffer is dropped.
     let mut big = seeds["rx-mergeable"].clone();
     big[0] = 2;
@@ -394,7 +466,7 @@ fn rx_headers(out: &VsockOutcome) -> Vec<Header> {
         .map(|&(id, len)| {
             assert!(len as usize >= HDR_LEN, "a whole header");
             let mut b = [0u8; HDR_LEN];
-            let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_LEN);
+            let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_MAX);
             out.tx.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
             Header::from_bytes(&b)
         })
@@ -422,7 +494,7 @@ fn vsock_seeds_reach_connections() {
     assert_eq!(got, vec![(op::REQUEST, 52), (op::RW, 52)]);
     let (id, len) = out.rx[1];
     let mut early = vec![0u8; len as usize - HDR_LEN];
-    let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_LEN) + HDR_LEN as u64;
+    let addr = RX_BUFFERS + u64::from(id) * u64::from(RX_BUFFER_MAX) + HDR_LEN as u64;
     out.tx
         .mem
         .read_slice(&mut early, GuestAddress(addr))
@@ -433,6 +505,28 @@ fn vsock_seeds_reach_connections() {
     let out = run_vsock(stray);
     let ops: Vec<u16> = rx_headers(&out).iter().map(|h| h.op).collect();
     assert_eq!(ops, vec![op::RST]);
+}
+
+#[test]
+fn vsock_seeds_with_small_receive_buffers_return() {
+    let seeds: std::collections::HashMap<_, _> = vsock_tx_seeds().into_iter().collect();
+    // This input used to spin for ever: data pending, and a buffer without room for any.
+    let out = run_vsock(&seeds["host-data-header-only-rx"]);
+    let got: Vec<(u16, u32)> = rx_headers(&out)
+        .iter()
+        .map(|h| (h.op, h.dst_port))
+        .collect();
+    assert_eq!(got, vec![(op::REQUEST, 52)], "the data waits for room");
+
+    let out = run_vsock(&seeds["guest-connects-tiny-rx"]);
+    assert_eq!(&out.rx[..2], &[(0, 0), (1, 0)], "returned empty");
+    let (id, len) = out.rx[2];
+    assert_eq!((id, len as usize), (2, HDR_LEN));
+    let mut b = [0u8; HDR_LEN];
+    let addr = RX_BUFFERS + 2 * u64::from(RX_BUFFER_MAX);
+    out.tx.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+    assert_eq!(Header::from_bytes(&b).op, op::RESPONSE);
+    assert_eq!(out.rx.len(), 3);
 }
 
 #[test]
