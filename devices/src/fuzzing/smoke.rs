@@ -94,6 +94,10 @@ pub fn smoke(target: &str, count: usize, target_fn: fn(&[u8])) {
     smoke_within(target, count, target_fn, HANG);
 }
 
+#[allow(
+    clippy::panic,
+    reason = "test support: a failed smoke run fails the calling test"
+)]
 fn smoke_within(target: &str, count: usize, target_fn: fn(&[u8]), hang: Duration) {
     let inputs = smoke_inputs(target, count);
     let (tx, rx) = mpsc::channel();
