@@ -1,7 +1,8 @@
 //! Hybrid vsock with a real guest inside the emulated host: a host process reaches a guest
 //! listener through `uds_path` and `CONNECT <port>`, the guest reaches a host listener at
-//! `<uds_path>_<port>`; 10 MiB echo both ways, eight connections at once, and a uds_path in
-//! use refused through the API.
+//! `<uds_path>_<port>`; 10 MiB echo both ways, eight connections at once, host processes that
+//! never finish their `CONNECT` line disconnected, and a uds_path in use refused through the
+//! API.
 #![cfg(target_arch = "aarch64")]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -209,6 +210,46 @@ fn vsock_echoes_10_mib_both_ways_over_eight_connections() {
     for p in [PathBuf::from(name), m] {
         let _ = std::fs::remove_file(p);
     }
+}
+
+#[test]
+fn a_host_process_that_never_sends_connect_is_disconnected() {
+    let uds = temp("silent.sock");
+    let (mut g, sock, m) = boot_with_vsock_by_api("vsock-silent", &uds);
+    let mut silent = UnixStream::connect(&uds).expect("connect to uds_path");
+    let mut partial = UnixStream::connect(&uds).expect("connect to uds_path");
+    partial.write_all(b"CONNE").expect("part of a line");
+    for s in [&mut silent, &mut partial] {
+        // A hang guard: the VMM gives 2 s; emulation is slow.
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        let got = s.read(&mut [0u8; 16]);
+        assert!(
+            matches!(got, Ok(0)),
+            "the VMM closes the connection: {got:?}"
+        );
+    }
+    // The guest side still works.
+    g.send("vmm-guest-tool vsock-echo 5001 &\n");
+    g.wait_for("VSOCK_ECHO_READY 5001");
+    let back = echo_through(connect_guest(&uds, 5001), b"still here".to_vec());
+    assert_eq!(back, b"still here");
+
+    let (code, _) = curl(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(code, 204);
+    let line = std::fs::read_to_string(&m).expect("metrics");
+    let v: serde_json::Value =
+        serde_json::from_str(line.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(v["vsock"]["handshake_timeouts"].as_u64(), Some(2), "{v}");
+
+    g.send("poweroff -f\n");
+    let (status, stderr) = g.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let _ = std::fs::remove_file(m);
 }
 
 #[test]

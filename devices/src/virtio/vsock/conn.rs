@@ -2,7 +2,10 @@
 //! virtio-vsock's credit-based flow control in both directions.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Instant;
 
 use super::packet::{HOST_CID, Header, TYPE_STREAM, op};
 
@@ -38,8 +41,14 @@ impl Payload for [u8] {
 /// Where a connection is in its life.
 #[derive(Debug, PartialEq, Eq)]
 pub enum State {
-    /// A host process connected and has not finished its `CONNECT <port>` line.
-    Handshake(Vec<u8>),
+    /// A host process connected and has not finished its `CONNECT <port>` line (`line` holds
+    /// what came so far); it is closed if the line is not complete by `deadline`.
+    Handshake {
+        /// The bytes of the line so far.
+        line: Vec<u8>,
+        /// When the connection is given up.
+        deadline: Instant,
+    },
     /// The guest was asked to accept (a REQUEST is due or sent).
     Requested,
     /// Data flows.
@@ -67,8 +76,12 @@ pub mod due {
 pub enum ReadOutcome {
     /// This many bytes.
     Data(usize),
-    /// Nothing now.
+    /// Nothing now: the host stream is drained (`readable` is cleared) or the guest has no
+    /// credit.
     WouldBlock,
+    /// Nothing was read because the buffer was empty; nothing changed, so reading again into
+    /// the same buffer cannot make progress.
+    NoRoom,
     /// The host process will send no more.
     Eof,
 }
@@ -181,25 +194,35 @@ impl Conn {
     }
 
     /// Reads at most `buf.len()` bytes (and at most the guest's credit) from the host stream.
+    /// Unless it returns `Data` or `NoRoom`, the connection stops wanting to send
+    /// (`wants_rx` turns false): `WouldBlock` clears `readable` or finds no credit, and `Eof`
+    /// sets `host_eof`. A caller that loops over connections relies on that to end.
     pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<ReadOutcome> {
+        if buf.is_empty() {
+            return Ok(ReadOutcome::NoRoom);
+        }
         let max = buf.len().min(self.credit() as usize);
         if max == 0 {
             return Ok(ReadOutcome::WouldBlock);
         }
         let n = if self.early.is_empty() {
-            match self.stream.read(&mut buf[..max]) {
-                Ok(0) => {
-                    self.host_eof = true;
-                    self.due |= due::SHUTDOWN;
-                    return Ok(ReadOutcome::Eof);
+            loop {
+                match self.stream.read(&mut buf[..max]) {
+                    Ok(0) => {
+                        self.host_eof = true;
+                        self.due |= due::SHUTDOWN;
+                        return Ok(ReadOutcome::Eof);
+                    }
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.readable = false;
+                        return Ok(ReadOutcome::WouldBlock);
+                    }
+                    // Interrupted before reading anything: try again, so that `WouldBlock`
+                    // always means the stream is drained.
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    return Ok(ReadOutcome::WouldBlock);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(ReadOutcome::WouldBlock),
-                Err(e) => return Err(e),
             }
         } else {
             let n = max.min(self.early.len());
@@ -301,7 +324,7 @@ impl Conn {
     /// Feeds the handshake: reads what is there (at most a line's worth). Returns the port
     /// once the line is complete; bytes after it are kept for the guest.
     pub fn handshake(&mut self) -> Result<Option<u32>, String> {
-        let State::Handshake(line) = &mut self.state else {
+        let State::Handshake { line, .. } = &mut self.state else {
             return Ok(None);
         };
         let mut buf = [0u8; super::packet::MAX_CONNECT_LINE];
@@ -363,4 +386,48 @@ impl Conn {
             ..Header::default()
         }
     }
+}
+
+/// connect(2) on a non-blocking Unix stream socket.
+pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) has no memory arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes, and fd is open.
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
 }

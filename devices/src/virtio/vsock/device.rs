@@ -3,19 +3,23 @@
 //!   listener on `port` accepts, receives `OK <hostport>\n` and then the stream.
 //! - A guest connecting to host port P reaches the Unix socket `<uds_path>_P`.
 //!
-//! The listener and every connection sit in the device's own epoll (edge
-//! triggered), and that epoll is the one descriptor the device thread watches for it.
+//! The listener, every connection and the handshake timer sit in the device's own epoll (edge
+//! triggered), and that epoll is the one descriptor the device thread watches for it. A host
+//! process has [`HANDSHAKE_TIMEOUT`] to send its `CONNECT` line, else it is closed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::conn::{Conn, Payload, ReadOutcome, State, due};
+use super::conn::{Conn, Payload, ReadOutcome, State, connect_nonblocking, due};
+pub use super::deadline::HANDSHAKE_TIMEOUT;
+use super::deadline::HandshakeTimer;
 use super::packet::{
     HDR_LEN, Header, MAX_PAYLOAD, PacketError, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op,
     parse_guest_header, payload_len,
@@ -39,6 +43,7 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 const RX_CHUNK: usize = 64 * 1024;
 
 const TOKEN_LISTENER: u64 = 0;
+const TOKEN_TIMER: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 2;
 
 /// How to build a vsock device.
@@ -75,6 +80,7 @@ pub struct Vsock {
     last_served: u64,
     stray_resets: VecDeque<Header>,
     scratch: Vec<u8>,
+    handshake_timer: HandshakeTimer,
     stats: Stats,
 }
 
@@ -87,6 +93,7 @@ struct Stats {
     conns_added: u64,
     conns_removed: u64,
     conns_killed: u64,
+    handshake_timeouts: u64,
     rx_fails: u64,
     tx_fails: u64,
 }
@@ -103,6 +110,12 @@ impl Vsock {
             listener.as_raw_fd(),
             EpollEvent::new(et, TOKEN_LISTENER),
         )?;
+        let handshake_timer = HandshakeTimer::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            handshake_timer.as_raw_fd(),
+            EpollEvent::new(et, TOKEN_TIMER),
+        )?;
         Ok(Self {
             cid: cfg.guest_cid,
             uds_path: cfg.uds_path.clone(),
@@ -115,6 +128,7 @@ impl Vsock {
             last_served: 0,
             stray_resets: VecDeque::new(),
             scratch: vec![0; HDR_LEN + RX_CHUNK],
+            handshake_timer,
             stats: Stats::default(),
         })
     }
@@ -132,7 +146,7 @@ impl Vsock {
             conn.stream.as_raw_fd(),
             EpollEvent::new(interest(false), token),
         )?;
-        if !matches!(conn.state, State::Handshake(_)) {
+        if !matches!(conn.state, State::Handshake { .. }) {
             self.by_ports
                 .insert((conn.local_port, conn.peer_port), token);
         }
@@ -160,7 +174,7 @@ impl Vsock {
         log::debug!("vsock: resetting a connection: {why}");
         self.stats.conns_killed += 1;
         match self.conns.get_mut(&token) {
-            Some(c) if !matches!(c.state, State::Handshake(_)) => c.due = due::RST,
+            Some(c) if !matches!(c.state, State::Handshake { .. }) => c.due = due::RST,
             _ => self.remove(token),
         }
     }
@@ -176,7 +190,19 @@ impl Vsock {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    let conn = Conn::new(stream, 0, 0, State::Handshake(Vec::new()));
+                    let deadline = match self.handshake_timer.start(Instant::now()) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // Without the timer it could hold its slot for ever.
+                            log::warn!("vsock: cannot arm the handshake timer: {e}");
+                            continue;
+                        }
+                    };
+                    let state = State::Handshake {
+                        line: Vec::new(),
+                        deadline,
+                    };
+                    let conn = Conn::new(stream, 0, 0, state);
                     if let Err(e) = self.add_conn(conn) {
                         log::warn!("vsock: cannot watch a connection: {e}");
                     }
@@ -185,6 +211,48 @@ impl Vsock {
                 Err(_) => break,
             }
         }
+    }
+
+    /// Closes the host connections whose `CONNECT` line was not complete by `now`, then arms
+    /// the timer for the earliest deadline left. Time comes in as `now` so that tests can
+    /// expire deadlines without waiting for them.
+    pub(super) fn expire_handshakes(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(
+                |(_, c)| matches!(c.state, State::Handshake { deadline, .. } if deadline <= now),
+            )
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            log::debug!("vsock: a host process did not send its CONNECT line in time");
+            self.stats.handshake_timeouts += 1;
+            self.remove(token);
+        }
+        let next = self
+            .conns
+            .values()
+            .filter_map(|c| match c.state {
+                State::Handshake { deadline, .. } => Some(deadline),
+                _ => None,
+            })
+            .min();
+        if let Err(e) = self.handshake_timer.arm(next, now) {
+            log::error!("vsock: cannot arm the handshake timer: {e}");
+        }
+    }
+
+    /// Gives host processes `timeout` for their `CONNECT` line from now on.
+    #[cfg(test)]
+    pub(super) fn set_handshake_timeout(&mut self, timeout: std::time::Duration) {
+        self.handshake_timer.timeout = timeout;
+    }
+
+    /// The deadline the handshake timer is armed for.
+    #[cfg(test)]
+    pub(super) fn handshake_timer_deadline(&self) -> Option<Instant> {
+        self.handshake_timer.armed_for()
     }
 
     fn free_host_port(&mut self) -> u32 {
@@ -212,6 +280,7 @@ impl Vsock {
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_LISTENER => self.accept(),
+                    TOKEN_TIMER => self.expire_handshakes(Instant::now()),
                     token => self.conn_event(token, ev.event_set()),
                 }
             }
@@ -231,7 +300,7 @@ impl Vsock {
         {
             c.readable = true;
         }
-        if matches!(c.state, State::Handshake(_)) {
+        if matches!(c.state, State::Handshake { .. }) {
             match c.handshake() {
                 Ok(Some(port)) => {
                     let local = self.free_host_port();
@@ -388,30 +457,36 @@ impl Vsock {
         used
     }
 
-    /// The next packet for the guest: stray resets, then control packets, then data, taking
-    /// connections in turn.
-    fn next_token_with_work(&self) -> Option<u64> {
+    /// The next connection with a packet for the guest, taking connections in turn. With
+    /// `data` false only control packets count.
+    fn next_token_with_work(&self, data: bool) -> Option<u64> {
         let after = self.conns.range(self.last_served + 1..);
         let before = self.conns.range(..=self.last_served);
         after
             .chain(before)
-            .find(|(_, c)| c.due != 0 || c.wants_rx())
+            .find(|(_, c)| c.due != 0 || (data && c.wants_rx()))
             .map(|(t, _)| *t)
     }
 
     fn has_rx_work(&self) -> bool {
-        !self.stray_resets.is_empty() || self.next_token_with_work().is_some()
+        !self.stray_resets.is_empty() || self.next_token_with_work(true).is_some()
     }
 
-    /// Builds the next packet into `self.scratch`; returns its length, or None if nothing is
-    /// left to send.
+    /// Builds the next packet, for a receive buffer of `room` bytes (at least a header), into
+    /// `self.scratch`; returns its length, or None if nothing is left to send in such a buffer.
+    /// A buffer with no room for payload carries control packets only: data waits for a
+    /// larger one.
+    ///
+    /// Each turn of the loop either returns or makes the connection it tried want nothing
+    /// more (`Conn::read`), or owe a reset that a later turn returns; so it ends.
     fn next_rx_packet(&mut self, room: usize) -> Option<usize> {
         if let Some(h) = self.stray_resets.pop_front() {
             self.scratch[..HDR_LEN].copy_from_slice(&h.to_bytes());
             return Some(HDR_LEN);
         }
+        let max = room.saturating_sub(HDR_LEN).min(RX_CHUNK);
         loop {
-            let token = self.next_token_with_work()?;
+            let token = self.next_token_with_work(max > 0)?;
             self.last_served = token;
             let cid = self.cid;
             let c = self.conns.get_mut(&token)?;
@@ -425,7 +500,6 @@ impl Vsock {
                 }
                 return Some(HDR_LEN);
             }
-            let max = room.saturating_sub(HDR_LEN).min(RX_CHUNK);
             match c.read(&mut self.scratch[HDR_LEN..HDR_LEN + max]) {
                 Ok(ReadOutcome::Data(n)) => {
                     let h = c.header(cid, op::RW, n as u32, 0);
@@ -434,6 +508,8 @@ impl Vsock {
                     return Some(HDR_LEN + n);
                 }
                 Ok(ReadOutcome::WouldBlock | ReadOutcome::Eof) => {}
+                // Not reached: data is only tried with room for it.
+                Ok(ReadOutcome::NoRoom) => return None,
                 Err(e) => self.kill(token, &format!("reading from the host: {e}")),
             }
         }
@@ -588,50 +664,6 @@ fn control_packet(flags: u8) -> (u16, u32, u8) {
     }
 }
 
-/// connect(2) on a non-blocking Unix stream socket.
-fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: socket(2) has no memory arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new socket owned by nothing else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_un of at least `len` bytes, and fd is open.
-    let rc = unsafe {
-        libc::connect(
-            owned.as_raw_fd(),
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(UnixStream::from(owned))
-}
-
 impl Drop for Vsock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
@@ -714,6 +746,7 @@ impl VirtioDevice for Vsock {
             ("conns_added", s.conns_added),
             ("conns_removed", s.conns_removed),
             ("conns_killed", s.conns_killed),
+            ("handshake_timeouts", s.handshake_timeouts),
             ("rx_fails", s.rx_fails),
             ("tx_fails", s.tx_fails),
             ("conns_open", self.conns.len() as u64),

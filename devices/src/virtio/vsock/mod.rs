@@ -2,6 +2,7 @@
 //! through Unix sockets.
 
 mod conn;
+mod deadline;
 mod device;
 pub mod packet;
 
@@ -9,4 +10,4 @@ pub mod packet;
 mod tests;
 
 pub use conn::BUF_ALLOC;
-pub use device::{MAX_CONNECTIONS, Vsock, VsockConfig, VsockError};
+pub use device::{HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Vsock, VsockConfig, VsockError};

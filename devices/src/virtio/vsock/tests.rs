@@ -15,6 +15,8 @@ use super::packet::{HDR_LEN, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, o
 use super::{BUF_ALLOC, Vsock, VsockConfig};
 use crate::virtio::VirtioDevice;
 
+mod limits;
+
 const CID: u64 = 3;
 const RX_BUF: u32 = HDR_LEN as u32 + 64 * 1024;
 const RX_BUFS: u16 = 64;
@@ -38,17 +40,25 @@ fn uds(tag: &str) -> PathBuf {
 
 impl Guest {
     fn new(tag: &str) -> Self {
+        Self::with_rx_bufs(tag, &[RX_BUF; RX_BUFS as usize])
+    }
+
+    /// A guest whose receive queue offers one buffer of each length in `lens` (at most
+    /// `RX_BUF` each), in order.
+    fn with_rx_bufs(tag: &str, lens: &[u32]) -> Self {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
         ));
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), 256);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x8000), 256);
-        let raw: Vec<RawDescriptor> = (0..RX_BUFS)
-            .map(|i| {
-                let addr = RX_DATA + u64::from(i) * u64::from(RX_BUF);
+        let raw: Vec<RawDescriptor> = (0u64..)
+            .zip(lens)
+            .map(|(i, &len)| {
+                assert!(len <= RX_BUF);
+                let addr = RX_DATA + i * u64::from(RX_BUF);
                 RawDescriptor::from(SplitDescriptor::new(
                     addr,
-                    RX_BUF,
+                    len,
                     VRING_DESC_F_WRITE as u16,
                     0,
                 ))
