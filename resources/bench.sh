@@ -1,6 +1,8 @@
 #!/bin/bash
 # Boot benchmark inside an emulated host (run with -icount for repeatable figures).
-# Prints "BENCH <vmm|qemu> <run> key=value..." lines that `cargo xtask bench` tabulates.
+# Prints "BENCH <vmm|qemu> <run> key=value..." lines that `cargo xtask bench` tabulates. A figure
+# that was not measured (a VMM that did not boot, a guest command that printed nothing) is
+# printed with an empty value, "key=", never as 0: xtask reports it as missing and fails.
 set -u
 : "${GUEST_KERNEL:?}" "${GUEST_INITRD:?}"
 runs=${BENCH_RUNS:-3}
@@ -15,6 +17,7 @@ want() { [ -z "${BENCH_ONLY:-}" ] || [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
 # RSS of a process outside its guest-memory mapping (the one exactly the guest's size), and
 # inside it, in KiB: Firecracker's way of measuring VMM overhead.
 rss_split() {
+    [ -r "/proc/$1/smaps" ] || { echo "overhead_kib= guest_rss_kib="; return; }
     awk -v g="$mem_kib" '/^Size:/{size=$2} /^Rss:/{ if (size == g) guest += $2; else other += $2 }
         END { printf "overhead_kib=%d guest_rss_kib=%d", other, guest }' "/proc/$1/smaps"
 }
@@ -24,13 +27,13 @@ rss_split() {
 boot() {
     local name=$1 run=$2
     shift 2
-    local t0 t1 line pid rc mem
+    local t0 t1 line pid rc mem ready=""
     t0=$(us)
     coproc G { exec "$@" 2>/tmp/bench.err; }
     pid=$G_PID
     local in=${G[1]} out=${G[0]}
     while IFS= read -r -t 900 line <&"$out"; do
-        case "$line" in *GUEST_READY*) break ;; esac
+        case "$line" in *GUEST_READY*) ready=1; break ;; esac
     done
     t1=$(us)
     sleep 1
@@ -38,7 +41,8 @@ boot() {
     if [ "$name" = vmm-api ]; then
         LOAD=$(api-load /tmp/bench.sock 10 200)
     fi
-    mem=$(rss_split "$pid")
+    mem="overhead_kib= guest_rss_kib="
+    if [ -n "$ready" ]; then mem=$(rss_split "$pid"); fi
     printf 'poweroff -f\n' >&"$in"
     while IFS= read -r -t 900 line <&"$out"; do :; done
     wait "$pid"
@@ -55,10 +59,16 @@ boot() {
         boot_us=$(sed -n 's/.*Guest-boot-time = *\([0-9]*\) us.*/\1/p' /tmp/bench.err | head -1)
         extra="$extra setup_us=$setup boot_timer_us=$boot_us"
     fi
-    echo "BENCH $name $run ready_us=$((t1 - t0)) $mem exit=$rc $extra"
+    local ready_us=""
+    if [ -n "$ready" ]; then ready_us=$((t1 - t0)); fi
+    echo "BENCH $name $run ready_us=$ready_us $mem exit=$rc $extra"
 }
 
 cmdline="reboot=k panic=1 quiet"
+# QEMU's fixed arguments. virtio-mmio in QEMU defaults to the legacy (virtio 0.9) interface;
+# vmm's devices are virtio 1.x, so QEMU's are made virtio 1.x too (and checked in the guest).
+qemu=(qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -nodefaults
+    -no-reboot -display none -serial stdio -global virtio-mmio.force-legacy=false)
 # MiB per stream run: enough that 10 ms CPU ticks and the run's start and end are noise.
 stream_mib=256
 cat > /tmp/bench.json <<JSON
@@ -71,8 +81,7 @@ want boot && for run in $(seq "$runs"); do
         --memory "$mem_mib" --cmdline "console=ttyS0 $cmdline" --boot-timer
     boot vmm-api "$run" vmm --api-sock /tmp/bench.sock --config-file /tmp/bench.json --boot-timer
     if command -v qemu-system-aarch64 >/dev/null; then
-        boot qemu "$run" qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 \
-            -m "$mem_mib" -nodefaults -no-reboot -display none -serial stdio \
+        boot qemu "$run" "${qemu[@]}" -m "$mem_mib" \
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
 done
@@ -108,6 +117,16 @@ guest_run() {
     return 1
 }
 
+# virtio_versions IN OUT: how many of the guest's virtio devices negotiated VIRTIO_F_VERSION_1
+# (feature bit 32: the 33rd character of sysfs "features"), as virtio_modern=N, and how many
+# did not (legacy), as virtio_legacy=N; both empty when the guest listed no device.
+virtio_versions() {
+    local v
+    v=$(guest_run "$1" "$2" 'dmesg -n 1; for d in /sys/bus/virtio/devices/*; do [ -r "$d/features" ] && echo "VIRTIO_DEV $(cat "$d/device") $(cut -c33 "$d/features")"; done; true')
+    printf '%s\n' "$v" | awk '$1 == "VIRTIO_DEV" { if ($3 == "1") m++; else l++ }
+        END { if (m + l) { printf "virtio_modern=%d virtio_legacy=%d\n", m, l } else { print "virtio_modern= virtio_legacy=" } }'
+}
+
 # vm_start COMMAND...: starts a guest with its console on a coprocess and waits for
 # GUEST_READY; sets vm_pid, vm_in and vm_out.
 vm_start() {
@@ -141,10 +160,11 @@ poll_ns() {
 }
 
 # pass_rate KEY: reads "KEY <MiB/s>" lines of equal-sized passes and prints their combined
-# rate: all the MiB over the sum of the passes' times.
+# rate: all the MiB over the sum of the passes' times; nothing unless all $blk_passes passes
+# reported one.
 pass_rate() {
-    awk -v key="$1" -v mib="$blk_mib" '$1 == key && $2 > 0 { t += mib / $2; n++ }
-        END { if (n) printf "%.3f\n", n * mib / t }'
+    awk -v key="$1" -v mib="$blk_mib" -v want="$blk_passes" '$1 == key && $2 > 0 { t += mib / $2; n++ }
+        END { if (n == want) printf "%.3f\n", n * mib / t }'
 }
 
 blk() {
@@ -152,7 +172,8 @@ blk() {
     shift 2
     vm_start "$@"
     local pid=$vm_pid in=$vm_in out=$vm_out
-    local c0 w r c1 p0 p1
+    local c0 w r c1 p0 p1 virtio
+    virtio=$(virtio_versions "$in" "$out")
     p0=$(poll_ns "$pid")
     c0=$(cpu_ticks "$pid")
     # No pipeline on guest_run: the coprocess's descriptors are not there in a pipeline's subshell.
@@ -167,9 +188,13 @@ blk() {
     vm_stop
     local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-    awk -v w="${w:-0}" -v r="${r:-0}" -v iops="${iops:-0}" -v c="$((c1 - c0))" -v poll="$((${p1:-0} - ${p0:-0}))" -v hz="$hz" -v mib="$blk_mib" -v passes="$blk_passes" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        printf "BENCH %s %s write_mib_s=%.3f read_mib_s=%.3f cpu_ms_per_mib=%.3f poll_ms_per_mib=%.3f randread_iops=%d passes=%d exit=%d\n",
-            n, run, w, r, c * 1000 / hz / (2 * passes * mib), poll / 1e6 / (2 * passes * mib), iops, passes, rc }' </dev/null
+    # Per MiB figures only when every pass moved its MiB: else they divide by MiB never moved.
+    awk -v w="$w" -v r="$r" -v iops="$iops" -v c0="$c0" -v c1="$c1" -v p0="$p0" -v p1="$p1" -v hz="$hz" -v mib="$blk_mib" -v passes="$blk_passes" -v n="$name" -v run="$run" -v rc="$rc" -v virtio="$virtio" 'BEGIN {
+        moved = 2 * passes * mib; all = (w != "" && r != "")
+        cpu = (all && c0 != "" && c1 != "") ? sprintf("%.3f", (c1 - c0) * 1000 / hz / moved) : ""
+        poll = (all && p0 != "" && p1 != "") ? sprintf("%.3f", (p1 - p0) / 1e6 / moved) : ""
+        printf "BENCH %s %s write_mib_s=%s read_mib_s=%s cpu_ms_per_mib=%s poll_ms_per_mib=%s randread_iops=%s passes=%d %s exit=%d\n",
+            n, run, w, r, cpu, poll, iops, passes, virtio, rc }' </dev/null
 }
 
 # stream NAME RUN TARGET SINK -- COMMAND...: boots COMMAND, starts SINK on the host, has the
@@ -181,6 +206,8 @@ stream() {
     vm_start "$@"
     local pid=$vm_pid in=$vm_in out=$vm_out
     guest_run "$in" "$out" "dmesg -n 1; ip addr add 172.32.0.2/24 dev eth0 2>/dev/null; ip link set eth0 up 2>/dev/null; ping -c 1 -W 5 172.32.0.1 >/dev/null 2>&1; true" >/dev/null
+    local virtio
+    virtio=$(virtio_versions "$in" "$out")
     timeout 600 bash -c "$sink" &
     local sink_pid=$! c0 c1 rate
     sleep 0.5
@@ -192,16 +219,16 @@ stream() {
     vm_stop
     local rc=$vm_rc hz
     hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-    awk -v r="${rate:-0}" -v mib="$stream_mib" -v c="$((c1 - c0))" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" 'BEGIN {
-        printf "BENCH %s %s mib_s=%.3f cpu_ms_per_mib=%.3f exit=%d\n", n, run, r, c * 1000 / hz / mib, rc }' </dev/null
+    awk -v r="$rate" -v mib="$stream_mib" -v c0="$c0" -v c1="$c1" -v hz="$hz" -v n="$name" -v run="$run" -v rc="$rc" -v virtio="$virtio" 'BEGIN {
+        cpu = (r != "" && c0 != "" && c1 != "") ? sprintf("%.3f", (c1 - c0) * 1000 / hz / mib) : ""
+        printf "BENCH %s %s mib_s=%s cpu_ms_per_mib=%s %s exit=%d\n", n, run, r, cpu, virtio, rc }' </dev/null
 }
 
 want blk && for run in $(seq "$runs"); do
     blk blk-vmm "$run" vmm run --kernel "$GUEST_KERNEL" --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 \
         --cmdline "console=ttyS0 $cmdline" --drive "id=bench,path=$disk,cache=writeback"
     if command -v qemu-system-aarch64 >/dev/null; then
-        blk blk-qemu "$run" qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
-            -nodefaults -no-reboot -display none -serial stdio \
+        blk blk-qemu "$run" "${qemu[@]}" -m 256 \
             -drive "file=$disk,if=none,id=d0,format=raw,cache=writeback" -device virtio-blk-device,drive=d0 \
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
@@ -215,9 +242,8 @@ want net && for run in $(seq "$runs"); do
         --initrd "$GUEST_INITRD" --vcpus 1 --memory 256 --cmdline "console=ttyS0 $cmdline" \
         --net id=eth0,tap=bt0
     if command -v qemu-system-aarch64 >/dev/null; then
-        stream net-qemu "$run" tcp:172.32.0.1:9200 "$net_sink" -- qemu-system-aarch64 -accel kvm \
-            -M virt,gic-version=3 -cpu host -smp 1 -m 256 -nodefaults -no-reboot -display none \
-            -serial stdio -netdev tap,id=n0,ifname=bt0,script=no,downscript=no \
+        stream net-qemu "$run" tcp:172.32.0.1:9200 "$net_sink" -- "${qemu[@]}" -m 256 \
+            -netdev tap,id=n0,ifname=bt0,script=no,downscript=no \
             -device virtio-net-device,netdev=n0 \
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
@@ -232,12 +258,11 @@ want vsock && for run in $(seq "$runs"); do
         --cmdline "console=ttyS0 $cmdline" --vsock cid=3,path=/tmp/bv.sock
     if command -v qemu-system-aarch64 >/dev/null && [ -e /dev/vhost-vsock ]; then
         stream vsock-qemu "$run" vsock:2:5000 "socat -u VSOCK-LISTEN:5000 OPEN:/dev/null" -- \
-            qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -m 256 \
-            -nodefaults -no-reboot -display none -serial stdio \
-            -device vhost-vsock-device,guest-cid=3 \
+            "${qemu[@]}" -m 256 -device vhost-vsock-device,guest-cid=3 \
             -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "console=ttyAMA0 $cmdline"
     fi
 done
 
-# Each BENCH line carries its own exit status; a phase left out is not a failure.
+# Each BENCH line carries its own exit status, and a figure not measured is left empty; xtask
+# judges both. A phase left out is not a failure.
 exit 0

@@ -38,12 +38,24 @@ pub enum Budget {
     Seconds(u64),
 }
 
+/// Seconds one input may run before libFuzzer reports it as a hang (`timeout-*` input,
+/// non-zero exit): without it, a hang would only end with the whole budget, unreported.
+const INPUT_TIMEOUT_SECS: u32 = 10;
+
 impl Budget {
     fn libfuzzer_arg(self) -> String {
         match self {
             Self::Runs(n) => format!("-runs={n}"),
             Self::Seconds(s) => format!("-max_total_time={s}"),
         }
+    }
+
+    /// libFuzzer's arguments for a run: the budget and the per-input time limit.
+    fn libfuzzer_args(self) -> [String; 2] {
+        [
+            self.libfuzzer_arg(),
+            format!("-timeout={INPUT_TIMEOUT_SECS}"),
+        ]
     }
 }
 
@@ -138,7 +150,8 @@ pub fn run_fuzz(targets: &[String], budget: Budget, sanitizer: &str) -> Result<E
         c.arg(t)
             .arg(&scratch)
             .arg(dir.join("corpus").join(t))
-            .args(["--", &budget.libfuzzer_arg(), "-timeout=10"])
+            .arg("--")
+            .args(budget.libfuzzer_args())
             .stdout(log.try_clone()?)
             .stderr(log);
         println!("== {t}: {}", describe(&c));
@@ -259,5 +272,24 @@ mod tests {
     fn budgets_become_libfuzzer_flags() {
         assert_eq!(Budget::Runs(5).libfuzzer_arg(), "-runs=5");
         assert_eq!(Budget::Seconds(60).libfuzzer_arg(), "-max_total_time=60");
+        // Every run bounds each input, so a hang is reported as a failure.
+        assert_eq!(Budget::Runs(5).libfuzzer_args()[1], "-timeout=10");
+        assert_eq!(Budget::Seconds(60).libfuzzer_args()[1], "-timeout=10");
+    }
+
+    #[test]
+    fn a_hang_is_reported_with_its_input() {
+        let hang = "#1024\tpulse  cov: 12 ft: 14 corp: 2/45b\n\
+            ALARM: working on the last Unit for 10 seconds\n\
+            ==7== ERROR: libFuzzer: timeout after 10 seconds\n\
+            artifact_prefix='/w/fuzz/artifacts/net_queue/'; Test unit written to /w/fuzz/artifacts/net_queue/timeout-5ba93c9d\n";
+        assert_eq!(
+            parse_log(hang),
+            Report {
+                runs: None,
+                artifact: Some("/w/fuzz/artifacts/net_queue/timeout-5ba93c9d".into())
+            }
+        );
+        assert!(excerpt(hang)[0].starts_with("ALARM:"));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ echo "FUZZ_VMM_EXIT $?"
 grep -ci panicked /tmp/vmm.err | sed 's/^/FUZZ_PANICS /'
 "#;
 
-fn venv() -> Result<std::path::PathBuf> {
+fn venv() -> Result<PathBuf> {
     let cache = Cache::open()?;
     let dir = cache
         .debs_dir()?
@@ -63,6 +64,38 @@ fn get_root(port: u16) -> Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// Where schemathesis runs: it keeps its crash cache in `.schemathesis/` under its working
+/// directory, and that cache must stay out of the source tree (it changes on every run).
+fn scratch_dir() -> PathBuf {
+    crate::workspace_root().join("target/fuzz-api")
+}
+
+/// The schemathesis run against `url`, in [`scratch_dir`]; every path it is given is absolute.
+fn schemathesis_command(st: &Path, url: &str, examples: u32) -> Command {
+    let root = crate::workspace_root();
+    // coreutils' timeout bounds the whole run, whatever the server does.
+    let mut c = Command::new("timeout");
+    c.current_dir(scratch_dir())
+        .arg("1800")
+        .arg(st)
+        .arg("--config-file")
+        .arg(root.join("docs/api/schemathesis.toml"))
+        .arg("run")
+        .arg(root.join("docs/api/openapi.json"))
+        .args([
+            "--url",
+            url,
+            "--checks",
+            "all",
+            "--max-examples",
+            &examples.to_string(),
+            "--seed",
+            "1",
+        ])
+        .args(["--request-timeout", "30", "--workers", "1", "--no-color"]);
+    c
 }
 
 /// Runs the fuzzer; `examples` is schemathesis's --max-examples per operation.
@@ -102,27 +135,11 @@ pub fn run_fuzz(examples: u32) -> Result<ExitCode> {
         }
     }
     let url = format!("http://127.0.0.1:{api}");
-    let spec_path = crate::workspace_root().join("docs/api/openapi.json");
+    let scratch = scratch_dir();
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
     let started = Instant::now();
-    // coreutils' timeout bounds the whole run, whatever the server does.
-    let status = Command::new("timeout")
-        .arg("1800")
-        .arg(&st)
-        .arg("--config-file")
-        .arg(crate::workspace_root().join("docs/api/schemathesis.toml"))
-        .arg("run")
-        .arg(&spec_path)
-        .args([
-            "--url",
-            &url,
-            "--checks",
-            "all",
-            "--max-examples",
-            &examples.to_string(),
-            "--seed",
-            "1",
-        ])
-        .args(["--request-timeout", "30", "--workers", "1", "--no-color"])
+    let status = schemathesis_command(&st, &url, examples)
         .status()
         .context("cannot run schemathesis")?;
     println!(
@@ -149,4 +166,25 @@ pub fn run_fuzz(examples: u32) -> Result<ExitCode> {
         bail!("the API fuzz run found a problem (see above)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemathesis_runs_outside_the_source_tree() {
+        let c = schemathesis_command(Path::new("/venv/bin/schemathesis"), "http://x", 3);
+        let dir = c.get_current_dir().expect("a working directory is set");
+        // Its `.schemathesis/` cache lands under target/, which git ignores.
+        assert!(dir.starts_with(crate::workspace_root().join("target")));
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for file in ["docs/api/schemathesis.toml", "docs/api/openapi.json"] {
+            let arg = args.iter().find(|a| a.ends_with(file)).expect(file);
+            assert!(Path::new(arg).is_absolute(), "{arg} is absolute");
+        }
+    }
 }

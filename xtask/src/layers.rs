@@ -1,116 +1,88 @@
 //! `cargo xtask test`: the project's one test command, in three layers, each ending with a
 //! `LAYER: N passed, N failed` line.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::artifacts::{self, Artifacts};
 use crate::cache::Cache;
 use crate::cross;
+use crate::libtest::LibtestCounter;
 use crate::qemu::{self, HostSpec, Link, Payload};
 use crate::setup::{self, AARCH64_TARGET};
-use crate::sh::describe;
+use crate::sh::{self, describe};
 
-/// Pass and fail counts of one layer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
-    pub passed: u32,
-    pub failed: u32,
-}
+pub use crate::libtest::Tally;
 
-impl Tally {
-    fn check(&mut self, ok: bool) {
-        if ok {
-            self.passed += 1;
-        } else {
-            self.failed += 1;
-        }
-    }
-}
-
-/// Reads libtest's output: `test result:` lines and per-binary exit markers, which catch
-/// binaries that crash before printing a result. Ignored tests count as failures: a skip is
-/// never a pass here.
-#[derive(Debug, Default)]
-pub struct LibtestCounter {
-    pub tally: Tally,
-    results_in_binary: u32,
-}
-
-impl LibtestCounter {
-    /// Feeds one output line.
-    pub fn line(&mut self, l: &str) {
-        if let Some(rest) = l.trim().strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)
-                            .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u32>().ok())
-                    })
-                    .unwrap_or(0)
-            };
-            self.tally.passed += num(" passed");
-            self.tally.failed += num(" failed") + num(" ignored");
-            if rest.starts_with("FAILED") && num(" failed") == 0 {
-                self.tally.failed += 1;
-            }
-            self.results_in_binary += 1;
-        } else if let Some(rest) = l.strip_prefix("XT_BINARY_END ") {
-            let rc = rest
-                .rsplit(' ')
-                .next()
-                .and_then(|r| r.parse::<i32>().ok())
-                .unwrap_or(-1);
-            if rc != 0 && self.results_in_binary == 0 {
-                self.tally.failed += 1;
-            }
-            self.results_in_binary = 0;
-        }
-    }
+fn cargo_ok(args: &[&str]) -> bool {
+    let mut c = cargo();
+    c.args(args);
+    eprintln!("xtask: {}", describe(&c));
+    c.status().map(|s| s.success()).unwrap_or(false)
 }
 
 fn report(layer: &str, t: Tally) {
     println!("{layer}: {} passed, {} failed", t.passed, t.failed);
 }
 
-/// Runs cargo, echoing its stdout and counting libtest results.
-fn cargo_counted(args: &[&str]) -> Result<(bool, Tally)> {
+fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(args)
-        .current_dir(crate::workspace_root())
-        .stdout(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .with_context(|| format!("cannot run `{}`", describe(&c)))?;
-    let mut counter = LibtestCounter::default();
-    for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
-        let line = line?;
-        println!("{line}");
-        counter.line(&line);
+    c.current_dir(crate::workspace_root());
+    c
+}
+
+/// Ends a layer's count and prints why each binary-level failure was counted.
+fn finish(layer: &str, counter: LibtestCounter, complete: bool) -> Tally {
+    let (t, notes) = counter.finish(complete);
+    for n in notes {
+        println!("{layer}: FAILED: {n}");
     }
-    let ok = child.wait()?.success();
-    Ok((ok, counter.tally))
+    t
 }
 
-fn cargo_ok(args: &[&str]) -> bool {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(args).current_dir(crate::workspace_root());
+/// Layer (a): host unit tests. Built first (unbounded: compiling is not running), then run
+/// with `--no-fail-fast`, so every binary runs and counts, each binary under coreutils'
+/// `timeout` as cargo's runner (`binary_limit`), the whole run within `run_limit`.
+pub fn unit(run_limit: Duration, binary_limit: Duration) -> Result<Tally> {
+    if !cargo_ok(&["test", "--workspace", "--no-run"]) {
+        println!("unit: FAILED: the tests did not build");
+        let t = Tally {
+            passed: 0,
+            failed: 1,
+        };
+        report("unit", t);
+        return Ok(t);
+    }
+    let c = unit_command(binary_limit);
     eprintln!("xtask: {}", describe(&c));
-    c.status().map(|s| s.success()).unwrap_or(false)
-}
-
-/// Layer (a): host unit tests.
-pub fn unit() -> Result<Tally> {
-    let (ok, mut t) = cargo_counted(&["test", "--workspace"])?;
-    if !ok && t.failed == 0 {
-        t.failed += 1; // the build itself failed
+    let mut counter = LibtestCounter::default();
+    // stderr too: cargo names each binary there, and says there which one exited non-zero.
+    let run = sh::run_lines(c, true, run_limit, &mut |l| {
+        println!("{l}");
+        counter.line(l);
+    })?;
+    let mut t = finish("unit", counter, !run.timed_out);
+    if !run.status.success() && t.failed == 0 {
+        println!("unit: FAILED: cargo test ended with {}", run.status);
+        t.failed += 1;
     }
     report("unit", t);
     Ok(t)
+}
+
+/// The unit layer's test run: every binary, even after one fails, each under coreutils'
+/// `timeout` as cargo's runner, killed at `binary_limit`. In the foreground, so an interrupt
+/// from the terminal still reaches the tests.
+fn unit_command(binary_limit: Duration) -> Command {
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--no-fail-fast", "--config"])
+        .arg(format!(
+            "target.'cfg(all())'.runner = ['timeout', '--foreground', '--kill-after=10', '{}']",
+            binary_limit.as_secs()
+        ));
+    c
 }
 
 /// Layer (b): the aarch64 cross build and clippy, warnings denied.
@@ -138,10 +110,12 @@ pub fn cross_layer() -> Result<Tally> {
     Ok(t)
 }
 
+/// Runs each test binary in the emulated host, killed (busybox `timeout`) at
+/// `XT_BINARY_TIMEOUT` seconds, between the markers [`LibtestCounter`] reads.
 fn in_host_test_script() -> &'static str {
     "for t in /xt/tests/*; do\n\
      \x20 echo \"XT_BINARY_START $(basename \"$t\")\"\n\
-     \x20 \"$t\" --test-threads=1 $XT_FILTER\n\
+     \x20 timeout -s KILL \"$XT_BINARY_TIMEOUT\" \"$t\" --test-threads=1 $XT_FILTER\n\
      \x20 echo \"XT_BINARY_END $(basename \"$t\") $?\"\n\
      done\n"
 }
@@ -170,12 +144,13 @@ pub fn guest_env(art: &Artifacts) -> Vec<(String, String)> {
 }
 
 /// Layer (c): integration tests inside an emulated Arm64 host, or natively on Arm64 KVM.
-pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
+/// Each test binary is killed at `binary_limit`; the emulated host at `timeout`.
+pub fn emulated(timeout: Duration, binary_limit: Duration, filter: Option<&str>) -> Result<Tally> {
     setup::ensure_rust()?;
     let cache = Cache::open()?;
     let art = artifacts::ensure(&cache)?;
     let tests = cross::build_tests()?;
-    let mut counter = LibtestCounter::default();
+    let mut counter = LibtestCounter::expecting(tests.iter().map(|(n, _)| n.clone()));
     let vmm = cross::build_vmm()?;
     let mut payload = Payload::default();
     let tool_initrd = crate::add_guest_tool(&mut payload, &art)?;
@@ -185,23 +160,31 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
             c.arg("--test-threads=1")
                 .args(filter)
                 .envs(guest_env(&art))
-                .env("GUEST_INITRD", &tool_initrd)
-                .stdout(Stdio::piped());
-            let mut child = c.spawn()?;
-            for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
-                let line = line?;
-                println!("{line}");
-                counter.line(&line);
-            }
-            let rc = child.wait()?.code().unwrap_or(-1);
+                .env("GUEST_INITRD", &tool_initrd);
+            counter.line(&format!("XT_BINARY_START {name}"));
+            let run = sh::run_lines(c, false, binary_limit, &mut |l| {
+                println!("{l}");
+                counter.line(l);
+            })?;
+            // Killed at the limit: no exit code, so the binary reports none.
+            let rc = run
+                .status
+                .code()
+                .filter(|_| !run.timed_out)
+                .map_or("killed".to_string(), |c| c.to_string());
             counter.line(&format!("XT_BINARY_END {name} {rc}"));
         }
-        report("emulated", counter.tally);
-        return Ok(counter.tally);
+        let t = finish("emulated", counter, true);
+        report("emulated", t);
+        return Ok(t);
     }
     payload
         .env
         .push(("XT_FILTER".into(), filter.unwrap_or_default().to_string()));
+    payload.env.push((
+        "XT_BINARY_TIMEOUT".into(),
+        binary_limit.as_secs().max(1).to_string(),
+    ));
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
     for (name, path) in &tests {
         payload
@@ -223,15 +206,22 @@ pub fn emulated(timeout: Duration, filter: Option<&str>) -> Result<Tally> {
         println!("{l}");
         counter.line(l);
     };
-    match qemu::run(&spec, &art, &payload, in_host_test_script(), &mut sink) {
-        Ok(o) if o.status != 0 && counter.tally.failed == 0 => counter.tally.failed += 1,
+    let host = qemu::run(&spec, &art, &payload, in_host_test_script(), &mut sink);
+    let mut t = finish("emulated", counter, true);
+    match host {
+        Ok(o) if o.status != 0 && t.failed == 0 => {
+            println!(
+                "emulated: FAILED: the test script ended with status {}",
+                o.status
+            );
+            t.failed += 1;
+        }
         Ok(_) => {}
         Err(e) => {
-            eprintln!("xtask: {e:#}");
-            counter.tally.failed += 1;
+            println!("emulated: FAILED: {e:#}");
+            t.failed += 1;
         }
     }
-    let mut t = counter.tally;
     if filter.is_none() {
         t.check(command_status_passes_through(&art, &spec));
         t.check(two_host_link(&art, timeout));
@@ -372,26 +362,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_results_and_crashes() {
-        let mut c = LibtestCounter::default();
-        for l in [
-            "XT_BINARY_START a",
-            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s",
-            "XT_BINARY_END a 0",
-            "XT_BINARY_START b",
-            "test result: FAILED. 1 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
-            "XT_BINARY_END b 101",
-            "XT_BINARY_START c",
-            "XT_BINARY_END c 139",
-        ] {
-            c.line(l);
-        }
-        assert_eq!(
-            c.tally,
-            Tally {
-                passed: 5,
-                failed: 4
-            }
+    fn every_binary_runs_and_under_a_time_limit() {
+        let script = in_host_test_script();
+        assert!(
+            script.contains("timeout -s KILL \"$XT_BINARY_TIMEOUT\" \"$t\""),
+            "{script}"
+        );
+        let unit = describe(&unit_command(Duration::from_secs(600)));
+        assert!(
+            unit.ends_with(" test --workspace --no-fail-fast --config target.'cfg(all())'.runner = ['timeout', '--foreground', '--kill-after=10', '600']"),
+            "{unit}"
         );
     }
 }

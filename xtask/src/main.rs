@@ -16,6 +16,7 @@ mod fuzz;
 mod fuzz_api;
 mod kmod;
 mod layers;
+mod libtest;
 mod qemu;
 mod setup;
 mod sh;
@@ -49,9 +50,13 @@ enum Task {
         /// Run only these layers.
         #[arg(long, value_parser = ["unit", "cross", "emulated"])]
         layer: Vec<String>,
-        /// Time limit of each emulated host, in seconds.
+        /// Time limit of each emulated host, and of the unit layer's test run, in seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Time limit of each test binary (unit and emulated), in seconds; one past it is
+        /// killed and counted as a failure, and the other binaries still run.
+        #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+        binary_timeout: u64,
         /// Run only the emulated tests whose names contain this (libtest's filter).
         #[arg(long)]
         filter: Option<String>,
@@ -221,26 +226,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Test {
             layer,
             timeout,
+            binary_timeout,
             filter,
         } => {
             let want = |l: &str| layer.is_empty() || layer.iter().any(|x| x == l);
-            let mut failed = false;
+            let (timeout, binary_timeout) = (
+                Duration::from_secs(timeout),
+                Duration::from_secs(binary_timeout),
+            );
             let mut lines = Vec::new();
             if want("unit") {
-                let t = layers::unit()?;
-                failed |= t.failed > 0;
-                lines.push(("unit", t));
+                lines.push(("unit", layers::unit(timeout, binary_timeout)?));
             }
             if want("cross") {
-                let t = layers::cross_layer()?;
-                failed |= t.failed > 0;
-                lines.push(("cross", t));
+                lines.push(("cross", layers::cross_layer()?));
             }
             if want("emulated") {
-                let t = layers::emulated(Duration::from_secs(timeout), filter.as_deref())?;
-                failed |= t.failed > 0 || t.passed == 0;
+                let t = layers::emulated(timeout, binary_timeout, filter.as_deref())?;
                 lines.push(("emulated", t));
             }
+            // A layer passes only if something passed and nothing failed.
+            let failed = lines.iter().any(|(_, t)| !t.ok());
             println!("\n== summary ==");
             let mut total = layers::Tally::default();
             for (name, t) in &lines {

@@ -1,0 +1,440 @@
+//! The benchmark's figures and targets: `BENCH` lines parsed into samples, and each target
+//! judged met, missed, or not measured.
+
+use std::collections::BTreeMap;
+
+pub const OVERHEAD_TARGET_KIB: f64 = 5.0 * 1024.0;
+pub const SETUP_SHARE_TARGET: f64 = 0.10;
+
+/// Per VMM ("vmm", "qemu", "blk-qemu"...), per metric, the value of each run: `None` where the
+/// run printed the key with no number (`key=`: not measured).
+pub type Samples = BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>>;
+
+/// Reads `BENCH <who> <run> key=value...` lines.
+pub fn parse(lines: &[String]) -> Samples {
+    let mut out: Samples = BTreeMap::new();
+    for l in lines {
+        let mut words = l.split_whitespace();
+        if words.next() != Some("BENCH") {
+            continue;
+        }
+        let (Some(who), Some(_run)) = (words.next(), words.next()) else {
+            continue;
+        };
+        for kv in words {
+            if let Some((k, v)) = kv.split_once('=') {
+                out.entry(who.to_string())
+                    .or_default()
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(v.parse::<f64>().ok().filter(|v| v.is_finite()));
+            }
+        }
+    }
+    out
+}
+
+/// The median of some values.
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+/// A figure's median over the runs, or why there is none: never printed, or not a number
+/// in some run.
+pub fn figure(s: &Samples, who: &str, key: &str) -> Result<f64, String> {
+    let runs = s
+        .get(who)
+        .and_then(|m| m.get(key))
+        .ok_or_else(|| format!("{who} {key}"))?;
+    let values: Vec<f64> = runs.iter().flatten().copied().collect();
+    if values.len() < runs.len() {
+        return Err(format!(
+            "{who} {key} (in {} of {} runs)",
+            runs.len() - values.len(),
+            runs.len()
+        ));
+    }
+    median(&values).ok_or_else(|| format!("{who} {key}"))
+}
+
+pub fn get(s: &Samples, who: &str, key: &str) -> Option<f64> {
+    figure(s, who, key).ok()
+}
+
+/// How a target compares figures.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// (who, key) at most the limit.
+    AtMost((&'static str, &'static str), f64),
+    /// The first figure over the second at most the limit.
+    ShareAtMost(
+        (&'static str, &'static str),
+        (&'static str, &'static str),
+        f64,
+    ),
+    /// A rate of vmm's at least QEMU's; a rate of 0 or less is no measurement.
+    NoLess(&'static str, &'static str, &'static str),
+    /// A cost of vmm's at most QEMU's.
+    NoMore(&'static str, &'static str, &'static str),
+    /// Every run's guest saw virtio devices, all of them virtio 1.x (VIRTIO_F_VERSION_1).
+    Virtio1(&'static str),
+}
+
+/// A target's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// These figures were not measured.
+    Missing(Vec<String>),
+}
+
+/// One target of a phase, judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub phase: &'static str,
+    pub target: &'static str,
+    pub verdict: Verdict,
+}
+
+/// Every target: its phase, what it says, and its rule.
+const TARGETS: &[(&str, &str, Rule)] = &[
+    (
+        "boot",
+        "memory overhead at most 5 MiB",
+        Rule::AtMost(("vmm", "overhead_kib"), OVERHEAD_TARGET_KIB),
+    ),
+    (
+        "boot",
+        "setup at most 10% of boot",
+        Rule::ShareAtMost(
+            ("vmm", "setup_us"),
+            ("vmm", "boot_timer_us"),
+            SETUP_SHARE_TARGET,
+        ),
+    ),
+    (
+        "boot",
+        "API ready within 10% of boot",
+        Rule::ShareAtMost(
+            ("vmm-api", "api_ready_us"),
+            ("vmm", "boot_timer_us"),
+            SETUP_SHARE_TARGET,
+        ),
+    ),
+    (
+        "boot",
+        "memory overhead with the API at most 5 MiB",
+        Rule::AtMost(("vmm-api", "overhead_kib"), OVERHEAD_TARGET_KIB),
+    ),
+    (
+        "blk",
+        "block writes no slower than QEMU",
+        Rule::NoLess("blk-vmm", "blk-qemu", "write_mib_s"),
+    ),
+    (
+        "blk",
+        "block reads no slower than QEMU",
+        Rule::NoLess("blk-vmm", "blk-qemu", "read_mib_s"),
+    ),
+    (
+        "blk",
+        "block I/O no more VMM CPU per MiB than QEMU",
+        Rule::NoMore("blk-vmm", "blk-qemu", "cpu_ms_per_mib"),
+    ),
+    (
+        "blk",
+        "4 KiB random reads no slower than QEMU",
+        Rule::NoLess("blk-vmm", "blk-qemu", "randread_iops"),
+    ),
+    (
+        "blk",
+        "vmm's block device is virtio 1.x",
+        Rule::Virtio1("blk-vmm"),
+    ),
+    (
+        "blk",
+        "QEMU's block device is virtio 1.x",
+        Rule::Virtio1("blk-qemu"),
+    ),
+    (
+        "net",
+        "network stream no slower than QEMU",
+        Rule::NoLess("net-vmm", "net-qemu", "mib_s"),
+    ),
+    (
+        "net",
+        "network stream no more VMM CPU per MiB than QEMU",
+        Rule::NoMore("net-vmm", "net-qemu", "cpu_ms_per_mib"),
+    ),
+    (
+        "net",
+        "vmm's network device is virtio 1.x",
+        Rule::Virtio1("net-vmm"),
+    ),
+    (
+        "net",
+        "QEMU's network device is virtio 1.x",
+        Rule::Virtio1("net-qemu"),
+    ),
+    (
+        "vsock",
+        "vsock stream no slower than QEMU",
+        Rule::NoLess("vsock-vmm", "vsock-qemu", "mib_s"),
+    ),
+    (
+        "vsock",
+        "vsock stream no more VMM CPU per MiB than QEMU",
+        Rule::NoMore("vsock-vmm", "vsock-qemu", "cpu_ms_per_mib"),
+    ),
+    (
+        "vsock",
+        "vmm's vsock device is virtio 1.x",
+        Rule::Virtio1("vsock-vmm"),
+    ),
+    (
+        "vsock",
+        "QEMU's vsock device is virtio 1.x",
+        Rule::Virtio1("vsock-qemu"),
+    ),
+];
+
+/// Judges one rule on the samples.
+fn judge_rule(s: &Samples, rule: Rule) -> Verdict {
+    // The figures a rule needs, or the names of those missing.
+    fn need<const N: usize>(
+        s: &Samples,
+        figs: [(&str, &str); N],
+        positive: bool,
+    ) -> Result<[f64; N], Verdict> {
+        let mut missing = Vec::new();
+        let mut out = [0.0; N];
+        for (o, (who, key)) in out.iter_mut().zip(figs) {
+            match figure(s, who, key) {
+                Ok(v) if positive && v <= 0.0 => {
+                    missing.push(format!("{who} {key} (0: nothing moved)"));
+                }
+                Ok(v) => *o = v,
+                Err(name) => missing.push(name),
+            }
+        }
+        if missing.is_empty() {
+            Ok(out)
+        } else {
+            Err(Verdict::Missing(missing))
+        }
+    }
+    let met = |ok: bool| if ok { Verdict::Met } else { Verdict::Missed };
+    let r = match rule {
+        Rule::AtMost(f, limit) => need(s, [f], false).map(|[v]| met(v <= limit)),
+        Rule::ShareAtMost(a, b, limit) => need(s, [a, b], false).map(|[a, b]| met(a / b <= limit)),
+        Rule::NoLess(v, q, key) => need(s, [(v, key), (q, key)], true).map(|[v, q]| met(v >= q)),
+        Rule::NoMore(v, q, key) => need(s, [(v, key), (q, key)], false).map(|[v, q]| met(v <= q)),
+        Rule::Virtio1(who) => {
+            need(s, [(who, "virtio_modern"), (who, "virtio_legacy")], false).map(|_| {
+                // Every run, not the median: one legacy run is one too many.
+                let all = |key: &str, ok: fn(f64) -> bool| {
+                    s.get(who)
+                        .and_then(|m| m.get(key))
+                        .is_some_and(|runs| runs.iter().flatten().all(|&v| ok(v)))
+                };
+                met(all("virtio_modern", |v| v >= 1.0) && all("virtio_legacy", |v| v == 0.0))
+            })
+        }
+    };
+    r.unwrap_or_else(|missing| missing)
+}
+
+/// Judges the targets of the phases run (`phase`).
+pub fn judge(s: &Samples, phase: impl Fn(&str) -> bool) -> Vec<Judged> {
+    TARGETS
+        .iter()
+        .filter(|(p, _, _)| phase(p))
+        .map(|&(phase, target, rule)| Judged {
+            phase,
+            target,
+            verdict: judge_rule(s, rule),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(ls: &[&str]) -> Vec<String> {
+        ls.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn bench_lines_become_medians() {
+        let s = parse(&lines(&[
+            "noise",
+            "BENCH vmm 1 ready_us=300 overhead_kib=2000 guest_rss_kib=9 exit=0 setup_us=10",
+            "BENCH vmm 2 ready_us=100 overhead_kib=2100 guest_rss_kib=9 exit=0 setup_us=12",
+            "BENCH vmm 3 ready_us=200 overhead_kib=1900 guest_rss_kib=9 exit=0 setup_us=11",
+            "BENCH qemu 1 ready_us=400 overhead_kib=30000 exit=0",
+        ]));
+        assert_eq!(get(&s, "vmm", "ready_us"), Some(200.0));
+        assert_eq!(get(&s, "vmm", "setup_us"), Some(11.0));
+        assert_eq!(get(&s, "qemu", "overhead_kib"), Some(30000.0));
+        assert_eq!(get(&s, "qemu", "setup_us"), None);
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn a_figure_missing_in_any_run_is_missing() {
+        let s = parse(&lines(&[
+            "BENCH vmm 1 ready_us=300 setup_us=10 boot_timer_us=x",
+            "BENCH vmm 2 ready_us=100 setup_us= boot_timer_us=nan",
+        ]));
+        assert_eq!(figure(&s, "vmm", "ready_us"), Ok(200.0));
+        assert_eq!(
+            figure(&s, "vmm", "setup_us"),
+            Err("vmm setup_us (in 1 of 2 runs)".into())
+        );
+        assert_eq!(
+            figure(&s, "vmm", "boot_timer_us"),
+            Err("vmm boot_timer_us (in 2 of 2 runs)".into())
+        );
+        assert_eq!(figure(&s, "qemu", "ready_us"), Err("qemu ready_us".into()));
+    }
+
+    const BLK_VMM: &str = "BENCH blk-vmm 1 write_mib_s=500.000 read_mib_s=900.000 cpu_ms_per_mib=1.000 poll_ms_per_mib=0.500 randread_iops=9000 passes=4 virtio_modern=1 virtio_legacy=0 exit=0";
+
+    fn blk_verdicts(qemu: &str) -> Vec<(&'static str, Verdict)> {
+        judge(&parse(&lines(&[BLK_VMM, qemu])), |p| p == "blk")
+            .into_iter()
+            .map(|j| (j.target, j.verdict))
+            .collect()
+    }
+
+    fn failed(v: &[(&str, Verdict)]) -> bool {
+        v.iter().any(|(_, v)| *v != Verdict::Met)
+    }
+
+    #[test]
+    fn a_missing_peer_figure_fails_its_target() {
+        // QEMU's guest printed nothing: empty values, as bench.sh prints them.
+        let v = blk_verdicts(
+            "BENCH blk-qemu 1 write_mib_s= read_mib_s= cpu_ms_per_mib= poll_ms_per_mib= randread_iops= passes=4 virtio_modern=1 virtio_legacy=0 exit=0",
+        );
+        assert!(failed(&v));
+        let write = &v
+            .iter()
+            .find(|(t, _)| *t == "block writes no slower than QEMU")
+            .expect("judged")
+            .1;
+        assert_eq!(
+            *write,
+            Verdict::Missing(vec!["blk-qemu write_mib_s (in 1 of 1 runs)".into()])
+        );
+        // No QEMU line at all (QEMU missing from the host): every comparison is missing.
+        let v = judge(&parse(&lines(&[BLK_VMM])), |p| p == "blk");
+        let missing: Vec<&str> = v
+            .iter()
+            .filter(|j| matches!(j.verdict, Verdict::Missing(_)))
+            .map(|j| j.target)
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "block writes no slower than QEMU",
+                "block reads no slower than QEMU",
+                "block I/O no more VMM CPU per MiB than QEMU",
+                "4 KiB random reads no slower than QEMU",
+                "QEMU's block device is virtio 1.x"
+            ]
+        );
+        // The old way of printing a figure not measured: 0.000. Nothing moved is no figure.
+        let v = blk_verdicts(
+            "BENCH blk-qemu 1 write_mib_s=0.000 read_mib_s=0.000 cpu_ms_per_mib=0.000 poll_ms_per_mib=0.000 randread_iops=0 passes=4 virtio_modern=1 virtio_legacy=0 exit=0",
+        );
+        assert!(
+            v.iter()
+                .any(|(t, v)| *t == "block reads no slower than QEMU"
+                    && *v
+                        == Verdict::Missing(vec!["blk-qemu read_mib_s (0: nothing moved)".into()]))
+        );
+    }
+
+    #[test]
+    fn missing_figures_of_vmm_fail_too() {
+        let s = parse(&lines(&[
+            "BENCH vmm 1 ready_us=300 overhead_kib= setup_us=10 boot_timer_us=1000 exit=0",
+            "BENCH vmm-api 1 ready_us=300 overhead_kib=3000 api_ready_us=50 exit=0",
+        ]));
+        let v: Vec<(&str, Verdict)> = judge(&s, |p| p == "boot")
+            .into_iter()
+            .map(|j| (j.target, j.verdict))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                (
+                    "memory overhead at most 5 MiB",
+                    Verdict::Missing(vec!["vmm overhead_kib (in 1 of 1 runs)".into()])
+                ),
+                ("setup at most 10% of boot", Verdict::Met),
+                ("API ready within 10% of boot", Verdict::Met),
+                ("memory overhead with the API at most 5 MiB", Verdict::Met),
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_qemu_devices_fail_the_bench() {
+        let good = "BENCH blk-qemu 1 write_mib_s=400 read_mib_s=800 cpu_ms_per_mib=2 poll_ms_per_mib=1 randread_iops=8000 passes=4 virtio_modern=1 virtio_legacy=0 exit=0";
+        assert!(!failed(&blk_verdicts(good)), "{:?}", blk_verdicts(good));
+        let legacy = good.replace(
+            "virtio_modern=1 virtio_legacy=0",
+            "virtio_modern=0 virtio_legacy=1",
+        );
+        let v = blk_verdicts(&legacy);
+        assert_eq!(
+            v.iter()
+                .filter(|(_, v)| *v != Verdict::Met)
+                .collect::<Vec<_>>(),
+            [&("QEMU's block device is virtio 1.x", Verdict::Missed)]
+        );
+        // The guest listed no device: not measured.
+        let unseen = good.replace(
+            "virtio_modern=1 virtio_legacy=0",
+            "virtio_modern= virtio_legacy=",
+        );
+        assert!(
+            blk_verdicts(&unseen)
+                .iter()
+                .any(|(t, v)| *t == "QEMU's block device is virtio 1.x"
+                    && matches!(v, Verdict::Missing(_)))
+        );
+    }
+
+    #[test]
+    fn slower_or_costlier_devices_miss_their_targets() {
+        let slow = "BENCH blk-qemu 1 write_mib_s=600 read_mib_s=800 cpu_ms_per_mib=0.5 poll_ms_per_mib=1 randread_iops=8000 passes=4 virtio_modern=1 virtio_legacy=0 exit=0";
+        let v = blk_verdicts(slow);
+        let missed: Vec<&str> = v
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Missed)
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(
+            missed,
+            [
+                "block writes no slower than QEMU",
+                "block I/O no more VMM CPU per MiB than QEMU"
+            ]
+        );
+    }
+}
