@@ -20,7 +20,10 @@ use crate::qemu::{self, HostSpec};
 
 mod judge;
 
-use judge::{OVERHEAD_TARGET_KIB, SETUP_SHARE_TARGET, Samples, Verdict, get, judge, parse};
+use judge::{
+    OVERHEAD_TARGET_KIB, PEAK_EXCESS_TARGET_KIB, SETUP_SHARE_TARGET, Samples, Verdict, get, judge,
+    parse,
+};
 
 const MISSING: &str = "missing";
 
@@ -141,7 +144,8 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
             "streams": streams,
             "vmm-api": api_median,
         },
-        "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "setup_share_max": SETUP_SHARE_TARGET},
+        "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "peak_excess_kib_max": PEAK_EXCESS_TARGET_KIB,
+                    "setup_share_max": SETUP_SHARE_TARGET},
         "verdicts": verdicts,
     });
     let path = dir.join("boot.json");
@@ -204,6 +208,14 @@ fn boot_tables(s: &Samples, runs: u32) -> (serde_json::Value, serde_json::Value)
         get(s, "vmm", "overhead_kib"),
         get(s, "qemu", "overhead_kib"),
     );
+    let excess = (
+        get(s, "vmm", "peak_excess_kib"),
+        get(s, "qemu", "peak_excess_kib"),
+    );
+    let peak = (
+        overhead.0.zip(excess.0).map(|(a, b)| a + b),
+        overhead.1.zip(excess.1).map(|(a, b)| a + b),
+    );
     let setup = get(s, "vmm", "setup_us");
     let boot = get(s, "vmm", "boot_timer_us");
     let share = setup.zip(boot).map(|(a, b)| a / b);
@@ -242,6 +254,17 @@ fn boot_tables(s: &Samples, runs: u32) -> (serde_json::Value, serde_json::Value)
         fmt(overhead.1, 1.0, "KiB"),
         ratio(overhead)
     );
+    println!(
+        "| peak RSS above the steady RSS (VmHWM - VmRSS) | {} | {} | - | <= 1 MiB |",
+        fmt(excess.0, 1.0, "KiB"),
+        fmt(excess.1, 1.0, "KiB"),
+    );
+    println!(
+        "| peak memory overhead (overhead + the above) | {} | {} | {} | |",
+        fmt(peak.0, 1.0, "KiB"),
+        fmt(peak.1, 1.0, "KiB"),
+        ratio(peak)
+    );
 
     println!(
         "\nAPI: the same boot through `vmm --api-sock --config-file`, then GET / from 10 keep-alive clients"
@@ -268,8 +291,10 @@ fn boot_tables(s: &Samples, runs: u32) -> (serde_json::Value, serde_json::Value)
     );
     (
         serde_json::json!({
-            "vmm": {"ready_us": ready.0, "setup_us": setup, "boot_timer_us": boot, "overhead_kib": overhead.0, "setup_share": share},
-            "qemu": {"ready_us": ready.1, "overhead_kib": overhead.1},
+            "vmm": {"ready_us": ready.0, "setup_us": setup, "boot_timer_us": boot, "overhead_kib": overhead.0,
+                    "peak_excess_kib": excess.0, "peak_overhead_kib": peak.0, "setup_share": share},
+            "qemu": {"ready_us": ready.1, "overhead_kib": overhead.1, "peak_excess_kib": excess.1,
+                     "peak_overhead_kib": peak.1},
         }),
         serde_json::json!({"api_ready_us": api_ready, "api_ready_share": api_share, "get_p50_us": p50, "get_p99_us": p99,
                            "overhead_kib": api_overhead, "api_thread_kib": api_thread_kib}),

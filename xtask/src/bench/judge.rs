@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 pub const OVERHEAD_TARGET_KIB: f64 = 5.0 * 1024.0;
+/// Target: peak RSS at most this much above the steady RSS (so peak overhead at most the
+/// steady overhead plus 1 MiB).
+pub const PEAK_EXCESS_TARGET_KIB: f64 = 1024.0;
 pub const SETUP_SHARE_TARGET: f64 = 0.10;
 
 /// Per VMM ("vmm", "qemu", "blk-qemu"...), per metric, the value of each run: `None` where the
@@ -113,6 +116,11 @@ const TARGETS: &[(&str, &str, Rule)] = &[
         "boot",
         "memory overhead at most 5 MiB",
         Rule::AtMost(("vmm", "overhead_kib"), OVERHEAD_TARGET_KIB),
+    ),
+    (
+        "boot",
+        "peak memory at most 1 MiB above the steady figure",
+        Rule::AtMost(("vmm", "peak_excess_kib"), PEAK_EXCESS_TARGET_KIB),
     ),
     (
         "boot",
@@ -371,7 +379,7 @@ mod tests {
     #[test]
     fn missing_figures_of_vmm_fail_too() {
         let s = parse(&lines(&[
-            "BENCH vmm 1 ready_us=300 overhead_kib= setup_us=10 boot_timer_us=1000 exit=0",
+            "BENCH vmm 1 ready_us=300 overhead_kib= peak_excess_kib=100 setup_us=10 boot_timer_us=1000 exit=0",
             "BENCH vmm-api 1 ready_us=300 overhead_kib=3000 api_ready_us=50 exit=0",
         ]));
         let v: Vec<(&str, Verdict)> = judge(&s, |p| p == "boot")
@@ -385,11 +393,31 @@ mod tests {
                     "memory overhead at most 5 MiB",
                     Verdict::Missing(vec!["vmm overhead_kib (in 1 of 1 runs)".into()])
                 ),
+                (
+                    "peak memory at most 1 MiB above the steady figure",
+                    Verdict::Met
+                ),
                 ("setup at most 10% of boot", Verdict::Met),
                 ("API ready within 10% of boot", Verdict::Met),
                 ("memory overhead with the API at most 5 MiB", Verdict::Met),
             ]
         );
+    }
+
+    #[test]
+    fn a_boot_peak_over_1_mib_above_steady_misses_its_target() {
+        let judged = |excess: &str| {
+            let s = parse(&lines(&[&format!(
+                "BENCH vmm 1 ready_us=300 overhead_kib=1700 {excess} setup_us=10 boot_timer_us=1000 exit=0"
+            )]));
+            judge(&s, |p| p == "boot")
+                .into_iter()
+                .find(|j| j.target == "peak memory at most 1 MiB above the steady figure")
+                .map(|j| j.verdict)
+        };
+        assert_eq!(judged("peak_excess_kib=1024"), Some(Verdict::Met));
+        assert_eq!(judged("peak_excess_kib=35000"), Some(Verdict::Missed));
+        assert!(matches!(judged(""), Some(Verdict::Missing(_))));
     }
 
     #[test]
