@@ -92,6 +92,7 @@ impl DeviceThread {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("virtio".into())
+            .stack_size(crate::THREAD_STACK)
             .spawn(move || {
                 let mut em: EventManager<QueueEvents> = match EventManager::new() {
                     Ok(em) => em,

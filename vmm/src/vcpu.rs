@@ -113,6 +113,7 @@ impl VcpuHandle {
         let c = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
+            .stack_size(crate::THREAD_STACK)
             .spawn(move || run_loop(index, vcpu, &bus, &events, &c))
             .map_err(|e| VcpuError::Spawn(index, e))?;
         Ok(Self {
