@@ -90,6 +90,10 @@ group!(
     VmmMetrics { boot_time_us, setup_time_us, pause_count, resume_count }
 );
 group!(
+    /// `logger`.
+    LoggerMetrics { missed_log_count }
+);
+group!(
     /// `uart`.
     UartMetrics { write_count, read_count, missed_write_count }
 );
@@ -103,6 +107,7 @@ pub struct Metrics {
     pub patch_api_requests: PatchApiMetrics,
     pub vcpu: VcpuMetrics,
     pub vmm: VmmMetrics,
+    pub logger: LoggerMetrics,
     pub uart: UartMetrics,
 }
 
