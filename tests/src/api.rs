@@ -35,6 +35,19 @@ pub fn get_json(sock: &Path, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("JSON body")
 }
 
+/// Asks for `FlushMetrics` and returns the line it wrote, the last of the metrics file.
+pub fn flush_metrics(sock: &Path, metrics: &Path) -> serde_json::Value {
+    let (code, body) = curl(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(code, 204, "FlushMetrics: {body}");
+    let text = std::fs::read_to_string(metrics).expect("metrics file");
+    serde_json::from_str(text.lines().last().expect("a metrics line")).expect("JSON")
+}
+
 /// Waits until the socket answers `GET /`.
 pub fn wait_ready(sock: &Path) {
     let deadline = Instant::now() + crate::guest::PATIENCE;

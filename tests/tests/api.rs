@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vmm_tests::api::{curl, get_json, socket_path, wait_ready};
+use vmm_tests::api::{curl, flush_metrics, get_json, socket_path, wait_ready};
 use vmm_tests::guest::{Guest, artifact, vmm_bin};
 
 fn kernel() -> String {
@@ -234,19 +234,7 @@ fn the_getting_started_sequence_with_curl() {
         },
     );
 
-    assert_eq!(
-        curl(
-            &sock,
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "FlushMetrics"}"#)
-        )
-        .0,
-        204
-    );
-    let text = std::fs::read_to_string(&metrics).expect("metrics file");
-    let line: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    let line = flush_metrics(&sock, &metrics);
     assert!(
         line["put_api_requests"]["actions_count"]
             .as_u64()

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm_tests::api::{curl, socket_path};
+use vmm_tests::api::{curl, flush_metrics, socket_path, wait_ready};
 use vmm_tests::guest::{Guest, PATIENCE, artifact, vmm_bin};
 
 #[test]
@@ -78,6 +78,7 @@ fn a_console_nobody_reads_does_not_stop_the_vmm() {
         .write_all(b"while true; do echo 0123456789012345678901234567890123456789; done\n")
         .expect("write the command");
     stdin.flush().expect("flush");
+    wait_ready(&sock);
     let deadline = Instant::now() + PATIENCE;
     // Wait until the pipe is full and the VMM has had to drop output: from then on every
     // write of the guest meets a reader that is not reading.
@@ -85,20 +86,9 @@ fn a_console_nobody_reads_does_not_stop_the_vmm() {
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe.
         unsafe { libc::ioctl(read_end.as_raw_fd(), libc::FIONREAD, &mut queued) };
-        let (code, text) = curl(
-            &sock,
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "FlushMetrics"}"#),
-        );
-        assert_eq!(code, 204, "FlushMetrics: {text}");
-        let missed = std::fs::read_to_string(&metrics)
-            .unwrap_or_default()
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .and_then(|v| v["uart"]["missed_write_count"].as_u64())
-            .unwrap_or(0);
+        let missed = flush_metrics(&sock, &metrics)["uart"]["missed_write_count"]
+            .as_u64()
+            .expect("the uart group");
         // A pipe holds 64 KiB in 16 pages; the guest's last line may not fill the last one.
         if queued >= 65536 - 4096 && missed > 0 {
             break;

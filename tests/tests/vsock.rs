@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vmm_tests::api::{curl, socket_path, wait_ready};
+use vmm_tests::api::{curl, flush_metrics, socket_path, wait_ready};
 use vmm_tests::guest::{Guest, artifact};
 
 const MIB: usize = 1 << 20;
@@ -185,16 +185,7 @@ fn vsock_echoes_10_mib_both_ways_over_eight_connections() {
     server.join().expect("host echo server");
 
     // The device's counters show the traffic.
-    let (code, _) = curl(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "FlushMetrics"}"#),
-    );
-    assert_eq!(code, 204);
-    let line = std::fs::read_to_string(&m).expect("metrics");
-    let v: serde_json::Value =
-        serde_json::from_str(line.lines().last().expect("a line")).expect("JSON");
+    let v = flush_metrics(&sock, &m);
     let rx = v["vsock"]["rx_bytes_count"].as_u64().expect("vsock group");
     let tx = v["vsock"]["tx_bytes_count"].as_u64().expect("vsock group");
     assert!(
@@ -234,16 +225,7 @@ fn a_host_process_that_never_sends_connect_is_disconnected() {
     let back = echo_through(connect_guest(&uds, 5001), b"still here".to_vec());
     assert_eq!(back, b"still here");
 
-    let (code, _) = curl(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "FlushMetrics"}"#),
-    );
-    assert_eq!(code, 204);
-    let line = std::fs::read_to_string(&m).expect("metrics");
-    let v: serde_json::Value =
-        serde_json::from_str(line.lines().last().expect("a line")).expect("JSON");
+    let v = flush_metrics(&sock, &m);
     assert_eq!(v["vsock"]["handshake_timeouts"].as_u64(), Some(2), "{v}");
 
     g.send("poweroff -f\n");
