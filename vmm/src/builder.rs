@@ -133,19 +133,8 @@ pub fn build(
     let kernel = KernelFile::open(&cfg.kernel)?;
     let initrd = cfg.initrd.as_deref().map(InitrdFile::open).transpose()?;
     let mem_size = u64::from(cfg.mem_mib) << 20;
-    // Refuse a layout that cannot fit before creating anything; a gzip kernel's real size
-    // is checked again once it is inflated.
-    image::plan(
-        DRAM_BASE,
-        mem_size,
-        kernel.header(),
-        0,
-        initrd.as_ref().map(InitrdFile::len),
-    )
-    .map_err(|source| LoadError::Image {
-        path: cfg.kernel.clone(),
-        source,
-    })?;
+    // Refuse a layout that cannot fit before creating anything.
+    kernel.plan(DRAM_BASE, mem_size, initrd.as_ref().map(InitrdFile::len))?;
 
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
     let max = kvm.get_max_vcpus().min(arch::layout::MAX_VCPUS as usize);

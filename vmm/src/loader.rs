@@ -147,9 +147,25 @@ impl KernelFile {
         })
     }
 
-    /// The checked header.
-    pub fn header(&self) -> ImageHeader {
-        self.header
+    /// Where the kernel, device tree and an initrd of `initrd_len` bytes go in
+    /// `mem_base..mem_base + mem_size`, for as much of the image as is known before loading
+    /// it: a raw Image's file length, a gzip one's header only (checked again once inflated).
+    pub fn plan(
+        &self,
+        mem_base: u64,
+        mem_size: u64,
+        initrd_len: Option<u64>,
+    ) -> Result<BootPlan, LoadError> {
+        let len = match self.body {
+            Body::Raw(_, len) => len,
+            Body::Gzip(_) => 0,
+        };
+        image::plan(mem_base, mem_size, self.header, len, initrd_len).map_err(|source| {
+            LoadError::Image {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 
@@ -193,6 +209,9 @@ pub fn load<M: GuestMemoryBackend>(
     kernel: KernelFile,
     initrd: Option<InitrdFile>,
 ) -> Result<BootPlan, LoadError> {
+    let initrd_len = initrd.as_ref().map(InitrdFile::len);
+    // For a raw Image this is the final plan; for a gzip one, a first check.
+    let first = kernel.plan(mem_base, mem_size, initrd_len)?;
     let KernelFile {
         path,
         header_bytes,
@@ -204,12 +223,9 @@ pub fn load<M: GuestMemoryBackend>(
         source,
     };
     let mem_err = |what| move |source| LoadError::Memory { what, source };
-    let initrd_len = initrd.as_ref().map(InitrdFile::len);
-    let at = image::kernel_address(mem_base, header).map_err(image_err)?;
+    let at = first.kernel;
     let plan = match body {
         Body::Raw(mut file, len) => {
-            let plan =
-                image::plan(mem_base, mem_size, header, len, initrd_len).map_err(image_err)?;
             mem.write_slice(&header_bytes, GuestAddress(at))
                 .map_err(mem_err("kernel"))?;
             let rest = usize::try_from(len - HEADER_SIZE as u64)
@@ -218,7 +234,7 @@ pub fn load<M: GuestMemoryBackend>(
             // was measured fails here with a short read.
             mem.read_exact_volatile_from(GuestAddress(at + HEADER_SIZE as u64), &mut file, rest)
                 .map_err(mem_err("kernel"))?;
-            plan
+            first
         }
         Body::Gzip(mut gz) => {
             // The inflated length is known only at the end: inflate into the room that guest
