@@ -18,6 +18,7 @@
 //!
 //! Each target reads its own option bytes before the queue; see the target's doc.
 
+use crate::GuestRam;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::VirtioDevice;
 use crate::virtio::block::{Block, BlockConfig, CacheType};
@@ -100,8 +101,8 @@ impl<'a> Input<'a> {
     }
 }
 
-fn guest_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+fn guest_memory() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
         .expect("a 64 KiB anonymous mapping can be made")
 }
 
@@ -109,9 +110,9 @@ fn guest_memory() -> GuestMemoryMmap {
 /// the mock refuses (it cannot, for the sizes used here).
 fn driver_queue<'m>(
     input: &mut Input<'_>,
-    mem: &'m GuestMemoryMmap,
+    mem: &'m GuestRam,
     at: GuestAddress,
-) -> Option<MockSplitQueue<'m, GuestMemoryMmap>> {
+) -> Option<MockSplitQueue<'m, GuestRam>> {
     let size = 1u16 << (input.u8() % 9);
     let mq = MockSplitQueue::create(mem, at, size);
     for i in 0..u16::from(input.u8()) {
@@ -146,14 +147,14 @@ fn driver_queue<'m>(
     Some(mq)
 }
 
-fn write_payload(mem: &GuestMemoryMmap, payload: &[u8]) {
+fn write_payload(mem: &GuestRam, payload: &[u8]) {
     let n = payload.len().min((MEM_SIZE - PAYLOAD) as usize);
     // In bounds by construction.
     let _ = mem.write_slice(&payload[..n], GuestAddress(PAYLOAD));
 }
 
 /// The used ring's entries (descriptor head, bytes written), in order.
-fn used_entries(mq: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+fn used_entries(mq: &MockSplitQueue<'_, GuestRam>) -> Vec<(u32, u32)> {
     let n = mq.used().idx().load();
     (0..n)
         .filter_map(|i| mq.used().ring().ref_at(usize::from(i)).ok())
@@ -181,7 +182,7 @@ impl Drop for RemoveOnDrop {
 /// What a queue target left behind, for tests.
 #[cfg_attr(not(test), allow(dead_code))]
 struct QueueOutcome {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     used: Vec<(u32, u32)>,
 }
 
@@ -227,10 +228,7 @@ pub fn rng_queue(data: &[u8]) {
 }
 
 /// Builds memory and the queue, copies the payload, and runs `serve` once on the queue.
-fn run_queue(
-    input: &mut Input<'_>,
-    serve: impl FnOnce(&mut Queue, &GuestMemoryMmap),
-) -> QueueOutcome {
+fn run_queue(input: &mut Input<'_>, serve: impl FnOnce(&mut Queue, &GuestRam)) -> QueueOutcome {
     let mem = guest_memory();
     let used = {
         let Some(mq) = driver_queue(input, &mem, GuestAddress(RING)) else {

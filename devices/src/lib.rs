@@ -12,3 +12,7 @@ pub mod virtio;
 
 pub use bus::{MmioBus, MmioDevice};
 pub use irq::IrqLine;
+
+/// Guest RAM as the devices see it: every write through it is recorded in a dirty bitmap, so
+/// that snapshots and migration also carry the pages the VMM wrote.
+pub type GuestRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

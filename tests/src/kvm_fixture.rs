@@ -1,9 +1,10 @@
 //! A minimal KVM VM for hand-assembled guests: one memory slot, one vCPU with PSCI 0.2,
 //! no irqchip. A missing /dev/kvm is a test failure, never a skip.
 
+use devices::GuestRam;
 use kvm_bindings::{KVM_ARM_VCPU_PSCI_0_2, kvm_userspace_memory_region, kvm_vcpu_init};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use arch::sysreg;
 
@@ -20,7 +21,7 @@ pub struct TestVm {
     pub kvm: Kvm,
     pub vm: VmFd,
     pub vcpu: VcpuFd,
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestRam,
     pub size: u64,
 }
 
@@ -33,9 +34,8 @@ impl TestVm {
         );
         let kvm = Kvm::new().expect("open /dev/kvm");
         let vm = kvm.create_vm().expect("KVM_CREATE_VM");
-        let mem: GuestMemoryMmap =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), size as usize)])
-                .expect("guest memory");
+        let mem: GuestRam = GuestRam::from_ranges(&[(GuestAddress(RAM_BASE), size as usize)])
+            .expect("guest memory");
         let host = mem
             .get_host_address(GuestAddress(RAM_BASE))
             .expect("host address");

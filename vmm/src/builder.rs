@@ -2,12 +2,13 @@
 //! kernel, initrd and device tree in place, vCPUs initialised, GICv3, and the legacy devices on
 //! the MMIO bus with their interrupts wired through irqfd.
 
+use devices::GuestRam;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use arch::fdt::{FdtConfig, create_fdt, standard_rtc, standard_serial};
 use arch::image;
@@ -91,7 +92,7 @@ pub struct BuiltVm {
     /// The KVM VM.
     pub vm: VmFd,
     /// Guest RAM.
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestRam,
     /// vCPUs, boot vCPU first.
     pub vcpus: Vec<VcpuFd>,
     /// The vGIC (kept alive with the VM).
@@ -153,9 +154,8 @@ pub fn build(
     }
     let vm = kvm_call("KVM_CREATE_VM", kvm.create_vm())?;
 
-    let mem: GuestMemoryMmap =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
-            .map_err(|e| BuildError::Memory(e.to_string()))?;
+    let mem: GuestRam = GuestRam::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
+        .map_err(|e| BuildError::Memory(e.to_string()))?;
     let host_addr = mem
         .get_host_address(GuestAddress(DRAM_BASE))
         .map_err(|e| BuildError::Memory(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! queue, a place on the MMIO bus and a node in the device tree. Queue notifications are served
 //! by one device thread running an event-manager loop.
 
+use devices::GuestRam;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -9,7 +10,6 @@ use std::time::Duration;
 
 use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
 
 use arch::fdt::MmioDeviceInfo;
 use arch::layout::{VIRTIO_MMIO_SIZE, VIRTIO_SPI_BASE, virtio_mmio_addr};
@@ -36,7 +36,7 @@ impl VirtioDevices {
         id: &str,
         device: Box<dyn VirtioDevice>,
         vm: &VmFd,
-        mem: &GuestMemoryMmap,
+        mem: &GuestRam,
         bus: &mut MmioBus,
     ) -> Result<(), String> {
         let slot = self.transports.len() as u32;

@@ -3,6 +3,7 @@
 //! panic; `fuzz/` wraps them for libFuzzer and the unit tests below run them on the seeds in
 //! `fuzz/corpus/` and on pseudo-random inputs.
 
+use devices::GuestRam;
 use std::time::{Duration, Instant};
 
 use crate::api::model::RateLimiterConfig;
@@ -104,7 +105,7 @@ pub fn kernel_image(data: &[u8]) {
 fn kernel_image_loaded(data: &[u8]) -> bool {
     use arch::image;
     use std::io::Write;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
 
     let Some((head, img)) = data.split_first_chunk::<24>() else {
         return false;
@@ -140,9 +141,8 @@ fn kernel_image_loaded(data: &[u8]) -> bool {
         return false;
     };
     let i = crate::loader::InitrdFile::from_file(initrd, name).expect("the memfd was just made");
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(FUZZ_MEM_BASE), mem_size as usize)])
-            .expect("a small anonymous mapping");
+    let mem = GuestRam::from_ranges(&[(GuestAddress(FUZZ_MEM_BASE), mem_size as usize)])
+        .expect("a small anonymous mapping");
     if let Ok(p) = crate::loader::load(&mem, FUZZ_MEM_BASE, mem_size, k, Some(i)) {
         check_plan(&p, FUZZ_MEM_BASE, mem_size, img.len() as u64);
         let mut back = vec![0u8; img.len()];

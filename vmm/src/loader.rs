@@ -293,8 +293,8 @@ fn too_small(mem_size: u64) -> ImageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use devices::GuestRam;
     use std::io::Write;
-    use vm_memory::GuestMemoryMmap;
 
     const BASE: u64 = 0x8000_0000;
     const MIB: u64 = 1 << 20;
@@ -340,11 +340,11 @@ mod tests {
         gz.finish().unwrap()
     }
 
-    fn mem(size: u64) -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(BASE), size as usize)]).unwrap()
+    fn mem(size: u64) -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(BASE), size as usize)]).unwrap()
     }
 
-    fn read_back(m: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
+    fn read_back(m: &GuestRam, at: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
         m.read_slice(&mut v, GuestAddress(at)).unwrap();
         v

@@ -2,6 +2,7 @@
 //! (`VMM_UPDATE_FUZZ_SEEDS=1` rewrites them), and each seed must reach the code it is for.
 
 use super::*;
+use crate::GuestRam;
 
 /// Named seeds of one target.
 type Seeds = Vec<(&'static str, Vec<u8>)>;
@@ -413,7 +414,7 @@ fn the_checked_in_seeds_are_the_encoded_ones() {
     }
 }
 
-fn status(mem: &GuestMemoryMmap, addr: u64) -> u8 {
+fn status(mem: &GuestRam, addr: u64) -> u8 {
     mem.read_obj(GuestAddress(addr)).unwrap()
 }
 

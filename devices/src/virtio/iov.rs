@@ -1,8 +1,10 @@
 //! Moving guest buffers to and from host descriptors without copying them in the VMM.
 
+use crate::GuestRam;
 use std::os::fd::RawFd;
 
-use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
 use super::Desc;
 
@@ -28,18 +30,23 @@ pub struct GuestIovecs<'m> {
     iov: Vec<libc::iovec>,
     /// The first iovec not yet (wholly) moved.
     first: usize,
-    _mem: std::marker::PhantomData<&'m GuestMemoryMmap>,
+    _mem: std::marker::PhantomData<&'m GuestRam>,
 }
 
 impl<'m> GuestIovecs<'m> {
     /// The iovecs of `bufs` (empty buffers left out); `NotContiguous` if one is not in one
     /// memory region.
-    pub fn new(mem: &'m GuestMemoryMmap, bufs: &[Desc]) -> Result<Self, IovError> {
+    pub fn new(mem: &'m GuestRam, bufs: &[Desc]) -> Result<Self, IovError> {
         let mut iov = Vec::with_capacity(bufs.len());
         for d in bufs.iter().filter(|d| d.len > 0) {
             let slice = mem
                 .get_slice(d.addr, d.len as usize)
                 .map_err(|_| IovError::NotContiguous)?;
+            // Writes through the raw pointer bypass vm-memory's accessors, so the buffers the
+            // device fills are marked dirty here, before the call that fills them.
+            if d.write {
+                slice.bitmap().mark_dirty(0, slice.len());
+            }
             iov.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast::<libc::c_void>(),
                 iov_len: slice.len(),
@@ -85,11 +92,7 @@ impl<'m> GuestIovecs<'m> {
 
 /// Writes `bufs` to `fd` with one writev straight from guest memory. Returns the bytes
 /// written (a non-blocking `fd` that is full gives `WouldBlock`).
-pub fn write_from_guest(
-    fd: RawFd,
-    mem: &GuestMemoryMmap,
-    bufs: &[Desc],
-) -> Result<usize, IovError> {
+pub fn write_from_guest(fd: RawFd, mem: &GuestRam, bufs: &[Desc]) -> Result<usize, IovError> {
     let iov = GuestIovecs::new(mem, bufs)?;
     let pending = iov.pending();
     if pending.is_empty() {
@@ -112,12 +115,7 @@ pub fn write_from_guest(
 }
 
 /// Appends `bufs`, from byte `skip` on, to `out`; false if a buffer is outside guest memory.
-pub fn copy_from_guest(
-    mem: &GuestMemoryMmap,
-    bufs: &[Desc],
-    skip: usize,
-    out: &mut Vec<u8>,
-) -> bool {
+pub fn copy_from_guest(mem: &GuestRam, bufs: &[Desc], skip: usize, out: &mut Vec<u8>) -> bool {
     let total: usize = bufs.iter().map(|d| d.len as usize).sum();
     let start = out.len();
     for d in sub_range(bufs, skip, usize::MAX) {
@@ -182,11 +180,8 @@ mod tests {
     #[test]
     fn guest_buffers_reach_a_socket_and_a_vec_alike() {
         use std::os::fd::AsRawFd;
-        let m = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-        ])
-        .unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap();
         let data: Vec<u8> = (0..0x2000u32).map(|i| (i % 253) as u8).collect();
         m.write_slice(&data, GuestAddress(0)).unwrap();
         let bufs = [desc(0x100, 0x200), desc(0x800, 0x300)];
@@ -216,6 +211,25 @@ mod tests {
             0,
             &mut Vec::new()
         ));
+    }
+
+    #[test]
+    fn buffers_the_device_fills_are_marked_dirty() {
+        use vm_memory::GuestMemoryBackend;
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let read = desc(0x1000, 0x10);
+        let write = Desc {
+            addr: GuestAddress(0x4ff0),
+            len: 0x20,
+            write: true,
+        };
+        let _iov = GuestIovecs::new(&m, &[read, write]).unwrap();
+        let region = m.find_region(GuestAddress(0)).unwrap();
+        let dirty: Vec<usize> = (0..16)
+            .filter(|p| region.bitmap().dirty_at(p * 0x1000))
+            .collect();
+        // The written buffer spans pages 4 and 5; the read one dirties nothing.
+        assert_eq!(dirty, vec![4, 5]);
     }
 
     #[test]

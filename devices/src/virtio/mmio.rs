@@ -2,12 +2,13 @@
 //! queue notifications arrive as ioeventfds and are handled by an event-manager subscriber on
 //! the device thread; used-buffer interrupts go out through an irqfd.
 
+use crate::GuestRam;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
@@ -103,7 +104,7 @@ const INT_CONFIG: u32 = 2;
 /// The transport and its device.
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
     /// Queues the driver gave a size that is zero, too large or not a power of two.
@@ -134,7 +135,7 @@ impl MmioTransport {
     /// A transport for `device`, with its interrupt line.
     pub fn new(
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: GuestRam,
         irq: IrqLine,
     ) -> std::io::Result<Self> {
         let sizes = device.queue_max_sizes().to_vec();
@@ -350,7 +351,7 @@ impl MmioTransport {
 
     /// Sets the available event to where the device stopped; true when the driver has added
     /// more since.
-    fn rearm(q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn rearm(q: &mut Queue, mem: &GuestRam) -> bool {
         q.enable_notification(mem).unwrap_or(false)
     }
 

@@ -10,8 +10,8 @@ pub mod vsock;
 #[cfg(test)]
 mod tests;
 
+use crate::GuestRam;
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// `VIRTIO_F_VERSION_1`: every device offers it and the driver must accept it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -47,18 +47,13 @@ pub trait VirtioDevice: Send {
     /// Writes to the device's config space (most devices ignore it).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Serves the available requests of queue `index`; returns whether any was completed.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestRam) -> bool;
     /// The driver set DRIVER_OK after accepting `features`.
     fn activate(&mut self, _features: u64) {}
     /// Serves queue `index` after its notification, with the other queues at hand for
     /// devices whose requests produce work on another queue (vsock replies on its receive
     /// queue). The default serves `index` alone.
-    fn process_queues(
-        &mut self,
-        index: usize,
-        queues: &mut [Queue],
-        mem: &GuestMemoryMmap,
-    ) -> bool {
+    fn process_queues(&mut self, index: usize, queues: &mut [Queue], mem: &GuestRam) -> bool {
         match queues.get_mut(index) {
             Some(q) => self.process_queue(index, q, mem),
             None => false,
@@ -76,7 +71,7 @@ pub trait VirtioDevice: Send {
         Vec::new()
     }
     /// Handles readiness of `event_fds()[fd]`; returns whether buffers were used.
-    fn process_event(&mut self, _fd: usize, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
+    fn process_event(&mut self, _fd: usize, _queues: &mut [Queue], _mem: &GuestRam) -> bool {
         false
     }
     /// The device's counters, named as Firecracker names them.

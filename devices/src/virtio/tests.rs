@@ -2,13 +2,14 @@
 //! driver: loops, overflow, buffers outside memory, wrong directions, oversized requests,
 //! queue sizes that are not powers of two, and notifications before DRIVER_OK.
 
+use crate::GuestRam;
 use std::io::Write;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::block::{Block, BlockConfig, CacheType};
 use super::mmio::{MmioTransport, status};
@@ -20,12 +21,12 @@ use crate::irq::IrqLine;
 const MEM: u64 = 0x10_0000;
 const DATA: u64 = 0x4_0000;
 
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
+fn mem() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
 }
 
 /// Adds one chain of (addr, len, device-writes) descriptors at table index `at`.
-fn add_chain(q: &MockSplitQueue<'_, GuestMemoryMmap>, at: u16, descs: &[(u64, u32, bool)]) {
+fn add_chain(q: &MockSplitQueue<'_, GuestRam>, at: u16, descs: &[(u64, u32, bool)]) {
     let raw: Vec<RawDescriptor> = descs
         .iter()
         .enumerate()
@@ -43,7 +44,7 @@ fn add_chain(q: &MockSplitQueue<'_, GuestMemoryMmap>, at: u16, descs: &[(u64, u3
     q.add_desc_chains(&raw, at).unwrap();
 }
 
-fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+fn used(q: &MockSplitQueue<'_, GuestRam>) -> Vec<(u32, u32)> {
     let n = q.used().idx().load();
     (0..n)
         .map(|i| q.used().ring().ref_at(i as usize).unwrap().load())
@@ -73,14 +74,14 @@ fn block(tag: &str, read_only: bool) -> (Block, std::path::PathBuf) {
     (b, path)
 }
 
-fn header(m: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
+fn header(m: &GuestRam, at: u64, kind: u32, sector: u64) {
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&kind.to_le_bytes());
     h[8..].copy_from_slice(&sector.to_le_bytes());
     m.write_slice(&h, GuestAddress(at)).unwrap();
 }
 
-fn status_byte(m: &GuestMemoryMmap, at: u64) -> u8 {
+fn status_byte(m: &GuestRam, at: u64) -> u8 {
     m.read_obj(GuestAddress(at)).unwrap()
 }
 
@@ -329,7 +330,7 @@ fn read_reg(t: &mut MmioTransport, off: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn setup_queue(t: &mut MmioTransport, mq: &MockSplitQueue<'_, GuestMemoryMmap>, size: u32) {
+fn setup_queue(t: &mut MmioTransport, mq: &MockSplitQueue<'_, GuestRam>, size: u32) {
     write_reg(t, 0x30, 0);
     write_reg(t, 0x38, size);
     write_reg(t, 0x80, mq.desc_table_addr().0 as u32);
@@ -617,8 +618,7 @@ fn event_indices_suppress_interrupts_until_the_drivers_used_event() {
     let mq = MockSplitQueue::create(&m, GuestAddress(0), size);
     // The mock's used ring overlaps the avail ring's used_event field; use a ring of our own.
     let used_ring = 0x3000u64;
-    let used_idx =
-        |m: &GuestMemoryMmap| -> u16 { m.read_obj(GuestAddress(used_ring + 2)).unwrap() };
+    let used_idx = |m: &GuestRam| -> u16 { m.read_obj(GuestAddress(used_ring + 2)).unwrap() };
     let used_event = mq.avail_addr().0 + 4 + 2 * u64::from(size);
     let avail_event = used_ring + 4 + 8 * u64::from(size);
     let mut t =

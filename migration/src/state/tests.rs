@@ -56,20 +56,29 @@ fn newer_version_is_refused_naming_both() {
         }
     );
     let msg = e.to_string();
-    assert!(msg.contains("thing") && msg.contains('2') && msg.contains('1'), "{msg}");
+    assert!(
+        msg.contains("thing") && msg.contains('2') && msg.contains('1'),
+        "{msg}"
+    );
 }
 
 #[test]
 fn version_zero_and_trailing_bytes_are_refused() {
     let mut s = encode("thing", &V1 { a: 5 }).unwrap();
     s.version = 0;
-    assert!(matches!(decode::<V1>(&s), Err(StateError::BadVersion { .. })));
+    assert!(matches!(
+        decode::<V1>(&s),
+        Err(StateError::BadVersion { .. })
+    ));
     s.version = 1;
     s.data.push(0);
     let e = decode::<V1>(&s).unwrap_err();
     assert!(e.to_string().contains("left over"), "{e}");
     s.data.clear();
-    assert!(matches!(decode::<V1>(&s), Err(StateError::Malformed { .. })));
+    assert!(matches!(
+        decode::<V1>(&s),
+        Err(StateError::Malformed { .. })
+    ));
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! The block device: requests against a raw image file.
 
+use crate::GuestRam;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::request::{self, RequestError, RequestType, Status};
 use crate::rate_limiter::RateLimiter;
@@ -149,7 +150,7 @@ impl Block {
     }
 
     /// Serves one parsed request; returns its status and the bytes written to the guest.
-    fn execute(&mut self, req: &request::Request, mem: &GuestMemoryMmap) -> (Status, u32) {
+    fn execute(&mut self, req: &request::Request, mem: &GuestRam) -> (Status, u32) {
         let total: u64 = req.data.iter().map(|d| u64::from(d.len)).sum();
         match req.kind {
             RequestType::In => {
@@ -215,7 +216,7 @@ enum Direction {
 fn guest_io(
     file: &File,
     pos: u64,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     bufs: &[Desc],
     dir: Direction,
 ) -> std::io::Result<()> {
@@ -312,7 +313,7 @@ impl VirtioDevice for Block {
         crate::virtio::set_main_limiter(&mut self.cfg.rate_limiter, slot, limiter, "a drive")
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();

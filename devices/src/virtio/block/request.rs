@@ -1,6 +1,7 @@
 //! Parsing a virtio-blk request out of its descriptors, trusting nothing the guest wrote.
 
-use vm_memory::{Bytes, GuestMemoryMmap};
+use crate::GuestRam;
+use vm_memory::Bytes;
 
 use crate::virtio::Desc;
 
@@ -74,7 +75,7 @@ pub enum RequestError {
 pub const HEADER_SIZE: u32 = 16;
 
 /// Splits descriptors into header, data and status, and reads the header.
-pub fn parse(descs: &[Desc], mem: &GuestMemoryMmap) -> Result<Request, RequestError> {
+pub fn parse(descs: &[Desc], mem: &GuestRam) -> Result<Request, RequestError> {
     let (status, rest) = descs.split_last().ok_or(RequestError::NoStatus)?;
     if !status.write || status.len < 1 {
         return Err(RequestError::NoStatus);

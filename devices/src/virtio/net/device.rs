@@ -8,11 +8,11 @@
 //! With mergeable receive buffers (MRG_RXBUF) a large frame is spread over as many small
 //! buffers as it needs.
 
+use crate::GuestRam;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::rx::{self, Placed};
 use super::tap::{Tap, VNET_HDR_LEN, offload};
@@ -119,7 +119,7 @@ impl Net {
         }
     }
 
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -157,7 +157,7 @@ impl Net {
 
     /// Hands one frame (header included) to the tap, straight from guest memory when each
     /// buffer lies in one memory region, else through `txbuf`.
-    fn send(&mut self, descs: &[Desc], len: usize, mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    fn send(&mut self, descs: &[Desc], len: usize, mem: &GuestRam) -> std::io::Result<()> {
         if len <= VNET_HDR_LEN {
             return Err(std::io::Error::other("frame shorter than its header"));
         }
@@ -182,7 +182,7 @@ impl Net {
     }
 
     /// Moves frames from the tap to the guest while it has receive buffers.
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         loop {
             let len = match self.pending {
@@ -305,7 +305,7 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestRam) -> bool {
         match index {
             TX => self.transmit(queue, mem),
             RX => self.receive(queue, mem),
@@ -334,7 +334,7 @@ impl VirtioDevice for Net {
         vec![self.tap.as_raw_fd()]
     }
 
-    fn process_event(&mut self, _fd: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_event(&mut self, _fd: usize, queues: &mut [Queue], mem: &GuestRam) -> bool {
         match queues.get_mut(RX) {
             Some(q) if q.ready() => self.receive(q, mem),
             _ => false,

@@ -1,8 +1,9 @@
 //! Placing a received frame in the guest's receive buffers: one chain per frame, or with
 //! mergeable buffers as many chains as the frame needs, counted in the header's num_buffers.
 
+use crate::GuestRam;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::tap::VNET_HDR_LEN;
 use crate::virtio::{Desc, descriptors};
@@ -29,7 +30,7 @@ pub enum Placed {
 /// `placed` receives (head, bytes written) for each chain taken, to be marked used.
 pub fn place(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     frame: &mut [u8],
     mergeable: bool,
     placed: &mut Vec<(u16, u32)>,
@@ -98,13 +99,13 @@ mod tests {
 
     const BUFS: u64 = 0x1_0000;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     /// A queue offering `n` one-descriptor receive chains of `len` bytes each (`write`
     /// false makes them read-only).
-    fn ring(m: &GuestMemoryMmap, n: u16, len: u32, write: bool) -> Queue {
+    fn ring(m: &GuestRam, n: u16, len: u32, write: bool) -> Queue {
         let mq = MockSplitQueue::create(m, GuestAddress(0), 16);
         let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
         for i in 0..n {

@@ -1,9 +1,10 @@
 //! The entropy device: fills every writable buffer the guest offers with getrandom bytes.
 
+use crate::GuestRam;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, descriptors, device_type};
@@ -79,7 +80,7 @@ impl VirtioDevice for Rng {
         ]
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();

@@ -7,6 +7,7 @@
 //! triggered), and that epoll is the one descriptor the device thread watches for it. A host
 //! process has [`HANDSHAKE_TIMEOUT`] to send its `CONNECT` line, else it is closed.
 
+use crate::GuestRam;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::conn::{Conn, Payload, ReadOutcome, State, connect_nonblocking, due};
@@ -432,7 +433,7 @@ impl Vsock {
         }
     }
 
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -515,7 +516,7 @@ impl Vsock {
         }
     }
 
-    fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
         let mut used = false;
         while self.has_rx_work() {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -573,7 +574,7 @@ impl Vsock {
 
 /// A packet's payload where the guest put it.
 struct GuestPayload<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     bufs: Vec<Desc>,
     len: usize,
 }
@@ -613,7 +614,7 @@ enum TxError {
 /// Reads the header of the packet in the guest's buffers `descs`, and finds its payload
 /// without copying it.
 fn read_guest_packet<'a>(
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     descs: &[Desc],
     guest_cid: u64,
 ) -> Result<(Header, GuestPayload<'a>), TxError> {
@@ -687,7 +688,7 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestRam) -> bool {
         // Host events arrive through the device's epoll (`process_event`), not here.
         match index {
             RX => self.fill_rx(queue, mem),
@@ -697,12 +698,7 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn process_queues(
-        &mut self,
-        index: usize,
-        queues: &mut [Queue],
-        mem: &GuestMemoryMmap,
-    ) -> bool {
+    fn process_queues(&mut self, index: usize, queues: &mut [Queue], mem: &GuestRam) -> bool {
         let Some(q) = queues.get_mut(index) else {
             return false;
         };
@@ -728,7 +724,7 @@ impl VirtioDevice for Vsock {
         vec![self.epoll.as_raw_fd()]
     }
 
-    fn process_event(&mut self, _fd: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_event(&mut self, _fd: usize, queues: &mut [Queue], mem: &GuestRam) -> bool {
         self.poll();
         match queues.get_mut(RX) {
             Some(q) if q.ready() => self.fill_rx(q, mem),

@@ -1,6 +1,7 @@
 //! The vsock device against a simulated guest (virtio-queue's mock rings) and real Unix
 //! sockets on the host side.
 
+use crate::GuestRam;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::{HDR_LEN, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use super::{BUF_ALLOC, Vsock, VsockConfig};
@@ -24,9 +25,9 @@ const RX_DATA: u64 = 0x10_0000;
 const TX_DATA: u64 = 0x80_0000;
 
 struct Guest {
-    mem: &'static GuestMemoryMmap,
-    rxq: MockSplitQueue<'static, GuestMemoryMmap>,
-    txq: MockSplitQueue<'static, GuestMemoryMmap>,
+    mem: &'static GuestRam,
+    rxq: MockSplitQueue<'static, GuestRam>,
+    txq: MockSplitQueue<'static, GuestRam>,
     queues: Vec<Queue>,
     rx_seen: u16,
     tx_next: u16,
@@ -46,8 +47,8 @@ impl Guest {
     /// A guest whose receive queue offers one buffer of each length in `lens` (at most
     /// `RX_BUF` each), in order.
     fn with_rx_bufs(tag: &str, lens: &[u32]) -> Self {
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
+        let mem: &'static GuestRam = Box::leak(Box::new(
+            GuestRam::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap(),
         ));
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), 256);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x8000), 256);
