@@ -3,12 +3,12 @@
 //! by one device thread running an event-manager loop.
 
 use devices::GuestRam;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use event_manager::{EventManager, SubscriberOps};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
 use arch::fdt::MmioDeviceInfo;
@@ -71,30 +71,136 @@ impl VirtioDevices {
     }
 }
 
-/// The thread that serves queue notifications.
+/// What the device thread is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Serve,
+    Park,
+    Stop,
+}
+
+#[derive(Debug)]
+struct ParkState {
+    want: Want,
+    parked: bool,
+}
+
+/// The request the VMM thread leaves for the device thread, and the wake-up that makes the
+/// device thread look at it at once instead of at its next poll timeout.
+#[derive(Debug)]
+struct Control {
+    state: Mutex<ParkState>,
+    cv: Condvar,
+    wake: EventFd,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, ParkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn request(&self, want: Want) {
+        self.lock().want = want;
+        self.cv.notify_all();
+        // A full counter still wakes the thread; nothing to do on error.
+        let _ = self.wake.write(1);
+    }
+
+    /// Parks while asked to; false when the thread must end.
+    fn checkpoint(&self) -> bool {
+        let mut s = self.lock();
+        while s.want == Want::Park {
+            if !s.parked {
+                s.parked = true;
+                self.cv.notify_all();
+            }
+            s = self
+                .cv
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        s.parked = false;
+        s.want == Want::Serve
+    }
+}
+
+/// The device thread's subscribers: each transport's queue events, and the wake-up.
+#[derive(Debug)]
+enum Subscriber {
+    Queues(QueueEvents),
+    Wake(Arc<Control>),
+}
+
+impl MutEventSubscriber for Subscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
+        match self {
+            Self::Queues(q) => q.process(events, ops),
+            Self::Wake(c) => {
+                let _ = c.wake.read();
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        match self {
+            Self::Queues(q) => q.init(ops),
+            Self::Wake(c) => {
+                if let Err(e) = ops.add(Events::new(&c.wake, EventSet::IN)) {
+                    log::error!("virtio device thread: cannot watch its wake-up: {e:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The thread that serves queue notifications, tap and vsock sockets and rate-limiter timers.
+/// Parked, it serves nothing and so writes nothing to guest memory: events that arrive
+/// meanwhile wait in the kernel (the epoll set, the sockets, the timers) until it goes on.
+///
+/// ```text
+/// VMM thread                          device thread
+///   want = Park, write wake -------->  (in epoll_wait, or serving one event)
+///                                      epoll returns; checkpoint: parked = true, waits
+///   wait until parked <-------------
+///   ... save state, guest memory is still ...
+///   want = Serve, notify ----------->  parked = false, back to epoll_wait
+/// ```
 #[derive(Debug)]
 pub struct DeviceThread {
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DeviceThread {
     /// Starts serving the given transports (none: no thread).
     pub fn start(transports: &[NamedTransport]) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control {
+            state: Mutex::new(ParkState {
+                want: Want::Serve,
+                parked: false,
+            }),
+            cv: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+        });
         if transports.is_empty() {
-            return Ok(Self { stop, thread: None });
+            return Ok(Self {
+                control,
+                thread: None,
+            });
         }
-        let subscribers = transports
+        let mut subscribers = transports
             .iter()
-            .map(|(_, t)| QueueEvents::new(t.clone()))
+            .map(|(_, t)| QueueEvents::new(t.clone()).map(Subscriber::Queues))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let flag = stop.clone();
+        subscribers.push(Subscriber::Wake(control.clone()));
+        let c = control.clone();
         let thread = std::thread::Builder::new()
             .name("virtio".into())
             .stack_size(crate::THREAD_STACK)
             .spawn(move || {
-                let mut em: EventManager<QueueEvents> = match EventManager::new() {
+                let mut em: EventManager<Subscriber> = match EventManager::new() {
                     Ok(em) => em,
                     Err(e) => {
                         log::error!("virtio device thread: {e:?}");
@@ -104,28 +210,60 @@ impl DeviceThread {
                 for s in subscribers {
                     em.add_subscriber(s);
                 }
-                while !flag.load(Ordering::Relaxed) {
+                while c.checkpoint() {
                     if let Err(e) = em.run_with_timeout(100) {
                         log::error!("virtio device thread: {e:?}");
                         break;
                     }
                 }
+                // Anyone waiting for a park hears that the thread is gone.
+                let mut s = c.lock();
+                s.want = Want::Stop;
+                s.parked = true;
+                c.cv.notify_all();
             })?;
         Ok(Self {
-            stop,
+            control,
             thread: Some(thread),
         })
+    }
+
+    /// Parks the thread; returns once it serves nothing (at once when there is no thread).
+    pub fn park(&self) {
+        if self.thread.is_none() {
+            return;
+        }
+        self.control.request(Want::Park);
+        let mut s = self.control.lock();
+        while !s.parked {
+            s = self
+                .control
+                .cv
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Lets a parked thread serve again.
+    pub fn unpark(&self) {
+        let mut s = self.control.lock();
+        if s.want == Want::Park {
+            s.want = Want::Serve;
+            self.control.cv.notify_all();
+        }
+    }
+
+    /// Whether the thread is parked (or there is none to run).
+    pub fn is_parked(&self) -> bool {
+        self.thread.is_none() || self.control.lock().parked
     }
 }
 
 impl Drop for DeviceThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.control.request(Want::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
-
-/// How long the device thread may take to notice a stop request.
-pub const STOP_LATENCY: Duration = Duration::from_millis(100);

@@ -60,15 +60,18 @@ impl RunningVm {
         })
     }
 
-    /// Pauses every vCPU outside KVM_RUN.
+    /// Makes the VM quiescent: every vCPU out of KVM_RUN, then the device thread parked with
+    /// no request in flight, so nothing writes guest memory until `resume`.
     pub fn pause(&self) {
         for v in &self.vcpus {
             v.pause();
         }
+        self.devices.park();
     }
 
-    /// Resumes every vCPU.
+    /// Lets the devices serve again, then the vCPUs run.
     pub fn resume(&self) {
+        self.devices.unpark();
         for v in &self.vcpus {
             v.resume();
         }

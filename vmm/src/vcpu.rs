@@ -5,11 +5,16 @@
 //!
 //! ```text
 //! VMM thread                         vCPU thread
-//!   want = Pause ------------------>  (in KVM_RUN)
-//!   pthread_kill(SIGRTMIN) -------->  KVM_RUN returns EINTR
+//!   want = Pause ------------------>  (in KVM_RUN, holding the fd's lock)
+//!   pthread_kill(SIGRTMIN) -------->  KVM_RUN returns EINTR, lock released
 //!   wait until paused <------------   sees want = Pause: paused = true, waits
+//!   lock the fd: read/write registers (save, restore)
 //!   want = Run, notify ------------>  paused = false, back into KVM_RUN
 //! ```
+//!
+//! The VMM keeps every `VcpuFd` behind a mutex that the vCPU thread holds only around one
+//! KVM_RUN and the exit it handles, so while a vCPU is paused its registers can be read and
+//! written from the VMM thread.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
@@ -85,10 +90,14 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     result
 }
 
+/// A vCPU's descriptor, shared between its thread and the VMM.
+pub type SharedVcpu = Arc<Mutex<VcpuFd>>;
+
 /// A running vCPU thread.
 #[derive(Debug)]
 pub struct VcpuHandle {
     index: usize,
+    fd: SharedVcpu,
     control: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
@@ -111,13 +120,16 @@ impl VcpuHandle {
             cv: Condvar::new(),
         });
         let c = control.clone();
+        let fd: SharedVcpu = Arc::new(Mutex::new(vcpu));
+        let shared = fd.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .stack_size(crate::THREAD_STACK)
-            .spawn(move || run_loop(index, vcpu, &bus, &events, &c))
+            .spawn(move || run_loop(index, &shared, &bus, &events, &c))
             .map_err(|e| VcpuError::Spawn(index, e))?;
         Ok(Self {
             index,
+            fd,
             control,
             thread: Some(thread),
         })
@@ -164,6 +176,21 @@ impl VcpuHandle {
         self.control.lock().paused
     }
 
+    /// The vCPU's descriptor, if the vCPU is paused (or its thread has ended), so that its
+    /// registers can be read or written; `None` while it runs.
+    pub fn fd_if_paused(&self) -> Option<MutexGuard<'_, VcpuFd>> {
+        let s = self.control.lock();
+        if !(s.paused || s.exited) {
+            return None;
+        }
+        drop(s);
+        Some(
+            self.fd
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Stops the thread and waits for it to end.
     pub fn stop(mut self) {
         self.request_and_wait(Want::Stop, |s| s.exited);
@@ -207,8 +234,10 @@ fn finish(c: &Control) {
     c.cv.notify_all();
 }
 
-fn run_loop(index: usize, mut vcpu: VcpuFd, bus: &MmioBus, events: &EventSender, c: &Control) {
+fn run_loop(index: usize, fd: &Mutex<VcpuFd>, bus: &MmioBus, events: &EventSender, c: &Control) {
     while checkpoint(c) {
+        // Held for one KVM_RUN and its exit only: a paused vCPU leaves its fd to the VMM.
+        let mut vcpu = fd.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match vcpu.run() {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 METRICS.vcpu.exit_mmio_read.inc();
