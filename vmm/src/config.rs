@@ -62,6 +62,8 @@ pub struct VmConfig {
     pub on_reset: ResetPolicy,
     /// Whether the boot-timer device reports the guest's boot time.
     pub boot_timer: bool,
+    /// Whether KVM logs the pages the guest writes, for Diff snapshots.
+    pub track_dirty_pages: bool,
     /// Block devices, in attachment order.
     pub drives: Vec<Drive>,
     /// The entropy device, if any.
@@ -262,6 +264,7 @@ impl VmConfig {
             console: ConsoleConfig::Stdio,
             on_reset: ResetPolicy::Exit,
             boot_timer: false,
+            track_dirty_pages: false,
             drives: Vec::new(),
             entropy: None,
             net: Vec::new(),
@@ -365,12 +368,7 @@ impl VmConfig {
                     "machine-config smt=true (Arm64 has no SMT)".into(),
                 ));
             }
-            if m.track_dirty_pages {
-                return Err(ConfigError::UnsupportedSetting(
-                    "machine-config track_dirty_pages=true (dirty-page tracking comes with snapshots)"
-                        .into(),
-                ));
-            }
+            cfg.track_dirty_pages = m.track_dirty_pages;
             if let Some(t) = m.cpu_template.filter(|t| t != "None") {
                 return Err(ConfigError::UnsupportedSetting(format!(
                     "machine-config cpu_template '{t}'"
@@ -678,22 +676,16 @@ mod tests {
     }
 
     #[test]
-    fn dirty_page_tracking_is_refused_until_snapshots() {
-        let e = VmConfig::from_firecracker_json(
+    fn dirty_page_tracking_is_taken_from_machine_config() {
+        let on = VmConfig::from_firecracker_json(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}}"#,
         )
-        .unwrap_err();
-        assert!(matches!(e, ConfigError::UnsupportedSetting(_)), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            "machine-config track_dirty_pages=true (dirty-page tracking comes with snapshots) is not supported yet"
-        );
-        // `false`, as Firecracker writes it by default, stays accepted (GOOD has it too).
+        .unwrap();
+        assert!(on.track_dirty_pages);
         assert!(
-            VmConfig::from_firecracker_json(
-                r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": false}}"#,
-            )
-            .is_ok()
+            !VmConfig::from_firecracker_json(GOOD)
+                .unwrap()
+                .track_dirty_pages
         );
     }
 

@@ -246,6 +246,7 @@ impl<B: Backend> Controller<B> {
             .unwrap_or_else(|| crate::config::DEFAULT_CMDLINE.to_string());
         c.vcpus = self.machine.vcpu_count;
         c.mem_mib = self.machine.mem_size_mib;
+        c.track_dirty_pages = self.machine.track_dirty_pages;
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }

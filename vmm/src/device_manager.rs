@@ -7,9 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use kvm_ioctls::{IoEventAddress, VmFd};
 
 use arch::fdt::MmioDeviceInfo;
 use arch::layout::{VIRTIO_MMIO_SIZE, VIRTIO_SPI_BASE, virtio_mmio_addr};

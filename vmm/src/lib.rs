@@ -12,9 +12,8 @@ pub mod fuzzing;
 pub mod loader;
 pub mod logger;
 pub mod metrics;
+pub mod vm;
 
-#[cfg(target_arch = "aarch64")]
-pub mod builder;
 #[cfg(target_arch = "aarch64")]
 pub mod device_manager;
 #[cfg(target_arch = "aarch64")]

@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 use crate::api::server::ApiReceiver;
-use crate::builder::{self, BuildError, BuiltVm, Serial};
 use crate::config::{ResetPolicy, VmConfig};
 use crate::console::ConsoleOutput;
 use crate::controller::{Backend, Controller};
@@ -16,6 +15,7 @@ pub use crate::events::Outcome;
 use crate::events::{Decision, EventReceiver, EventSender, decide};
 use crate::metrics::METRICS;
 use crate::vcpu::{VcpuError, VcpuHandle};
+use crate::vm::builder::{self, BuildError, BuiltVm, Serial};
 
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! refuses unknown fields; the router refuses `null` and lists in a body before these types see
 //! it (serde would take them for a left-out field and for an object).
 
-use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
+use serde::{Deserialize, Serialize};
 
 /// `PUT /boot-source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,31 +51,12 @@ pub struct MachineConfig {
     /// Simultaneous multithreading (always false on Arm64).
     #[serde(default)]
     pub smt: bool,
-    /// Dirty-page tracking: only `false` until snapshots use it.
-    #[serde(default, deserialize_with = "no_dirty_tracking")]
+    /// KVM logs the pages the guest writes, for Diff snapshots.
+    #[serde(default)]
     pub track_dirty_pages: bool,
     /// Huge pages.
     #[serde(default)]
     pub huge_pages: HugePages,
-}
-
-/// Why `track_dirty_pages: true` is refused.
-pub const TRACK_DIRTY_PAGES_NOT_YET: &str = "track_dirty_pages true is not supported yet: \
-     dirty-page tracking comes with snapshots; leave it out or set it false";
-
-/// Accepts only `false`: nothing reads the dirty log yet, so `true` would promise tracking
-/// that does not happen.
-fn no_dirty_tracking<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    if bool::deserialize(d)? {
-        Err(D::Error::custom(TRACK_DIRTY_PAGES_NOT_YET))
-    } else {
-        Ok(false)
-    }
-}
-
-/// `no_dirty_tracking` for a field that may be left out.
-fn no_dirty_tracking_patch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    no_dirty_tracking(d).map(Some)
 }
 
 impl Default for MachineConfig {
@@ -100,8 +81,7 @@ pub struct MachineConfigPatch {
     pub mem_size_mib: Option<u32>,
     /// Simultaneous multithreading.
     pub smt: Option<bool>,
-    /// Dirty-page tracking: only `false`, as in `MachineConfig`.
-    #[serde(default, deserialize_with = "no_dirty_tracking_patch")]
+    /// Dirty-page tracking.
     pub track_dirty_pages: Option<bool>,
     /// Huge pages.
     pub huge_pages: Option<HugePages>,

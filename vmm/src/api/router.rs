@@ -409,32 +409,20 @@ mod tests {
     }
 
     #[test]
-    fn dirty_page_tracking_is_refused_until_snapshots() {
-        use crate::api::model::TRACK_DIRTY_PAGES_NOT_YET;
-        for (method, body) in [
-            (
-                "PUT",
-                r#"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#,
-            ),
-            ("PATCH", r#"{"track_dirty_pages": true}"#),
-        ] {
-            let (s, m) = fault(parse(method, "/machine-config", body.as_bytes()));
-            assert_eq!(s, 400);
-            assert!(m.contains(TRACK_DIRTY_PAGES_NOT_YET), "{method}: {m}");
-        }
+    fn dirty_page_tracking_is_accepted() {
         let put = parse(
             "PUT",
             "/machine-config",
-            br#"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": false}"#,
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#,
         );
-        assert!(matches!(put, Ok(ApiRequest::PutMachineConfig(m)) if !m.track_dirty_pages));
+        assert!(matches!(put, Ok(ApiRequest::PutMachineConfig(m)) if m.track_dirty_pages));
         let patch = parse(
             "PATCH",
             "/machine-config",
-            br#"{"track_dirty_pages": false}"#,
+            br#"{"track_dirty_pages": true}"#,
         );
         assert!(
-            matches!(patch, Ok(ApiRequest::PatchMachineConfig(p)) if p.track_dirty_pages == Some(false))
+            matches!(patch, Ok(ApiRequest::PatchMachineConfig(p)) if p.track_dirty_pages == Some(true))
         );
     }
 

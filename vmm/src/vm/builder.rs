@@ -1,17 +1,20 @@
 //! From a `VmConfig` to a VM ready to run: KVM VM with the host's largest IPA, guest memory,
 //! kernel, initrd and device tree in place, vCPUs initialised, GICv3, and the legacy devices on
 //! the MMIO bus with their interrupts wired through irqfd.
+//!
+//! The steps that do not depend on booting (`open_kvm`, `create_vm`, `add_memory`,
+//! `legacy_devices`, `virtio_devices`) are shared with the restore path (`restore.rs`), which
+//! skips the kernel, the device tree and the boot registers.
 
-use devices::GuestRam;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use arch::fdt::{FdtConfig, create_fdt, standard_rtc, standard_serial};
-use arch::image;
+
 use arch::kvm::{GicError, GicV3, VcpuInitError, vcpu as kvm_vcpu};
 use arch::layout::{BOOT_TIMER_BASE, DRAM_BASE, LEGACY_DEV_SIZE, RTC_BASE, SERIAL_BASE};
 use devices::legacy::{BootTimer, RtcDevice, SerialDevice};
@@ -21,11 +24,12 @@ use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockConfig};
 
 use crate::api::model::{CacheType, RateLimiterConfig};
-use devices::{IrqLine, MmioBus};
+use devices::{GuestRam, IrqLine, MmioBus};
 
 use crate::config::{ConfigError, VmConfig};
 use crate::console::ConsoleOutput;
 use crate::loader::{self, InitrdFile, KernelFile, LoadError};
+use crate::vm::memory::{MemoryError, Ram};
 
 /// Errors building a VM; each names what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,9 @@ pub enum BuildError {
     /// Guest memory could not be created or written.
     #[error("guest memory: {0}")]
     Memory(String),
+    /// Guest memory could not be created or mapped.
+    #[error(transparent)]
+    Ram(#[from] MemoryError),
     /// vCPU setup failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuInitError),
@@ -86,23 +93,30 @@ pub enum BuildError {
 /// The serial port as the VMM holds it.
 pub type Serial = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
 
+/// The RTC as the VMM holds it.
+pub type Rtc = Arc<Mutex<RtcDevice>>;
+
 /// A built VM whose vCPUs have not started.
 #[derive(Debug)]
 pub struct BuiltVm {
     /// The KVM VM.
     pub vm: VmFd,
     /// Guest RAM.
-    pub mem: GuestRam,
+    pub ram: Ram,
     /// vCPUs, boot vCPU first.
     pub vcpus: Vec<VcpuFd>,
+    /// Each vCPU's MPIDR_EL1, in vCPU order.
+    pub mpidrs: Vec<u64>,
     /// The vGIC (kept alive with the VM).
     pub gic: GicV3,
     /// The MMIO bus.
     pub bus: Arc<MmioBus>,
     /// The serial port, for console input.
     pub serial: Serial,
-    /// Where things were placed.
-    pub plan: image::BootPlan,
+    /// The RTC.
+    pub rtc: Rtc,
+    /// Whether dirty pages are tracked (KVM's log on the memory slot).
+    pub track_dirty_pages: bool,
     /// virtio devices, by id.
     pub virtio: Vec<crate::device_manager::NamedTransport>,
 }
@@ -121,68 +135,83 @@ fn rng_seed() -> Vec<u8> {
     seed
 }
 
-/// Builds the VM described by `cfg`. Nothing runs yet.
-pub fn build(
-    cfg: &VmConfig,
-    console: ConsoleOutput,
-    start: Instant,
-) -> Result<BuiltVm, BuildError> {
-    cfg.validate()?;
-
-    // The files are opened and the kernel header checked before KVM is touched; their
-    // contents go straight into guest memory below, never through a heap buffer.
-    let kernel = KernelFile::open(&cfg.kernel)?;
-    let initrd = cfg.initrd.as_deref().map(InitrdFile::open).transpose()?;
-    let mem_size = u64::from(cfg.mem_mib) << 20;
-    // Refuse a layout that cannot fit before creating anything.
-    kernel.plan(DRAM_BASE, mem_size, initrd.as_ref().map(InitrdFile::len))?;
-
+/// Opens /dev/kvm and checks that the host can hold `vcpus` vCPUs and `mem_size` bytes.
+pub fn open_kvm(vcpus: u32, mem_size: u64) -> Result<Kvm, BuildError> {
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
     let max = kvm.get_max_vcpus().min(arch::layout::MAX_VCPUS as usize);
-    if cfg.vcpus as usize > max {
-        return Err(BuildError::TooManyVcpus {
-            asked: cfg.vcpus,
-            max,
-        });
+    if vcpus as usize > max {
+        return Err(BuildError::TooManyVcpus { asked: vcpus, max });
     }
     let ipa_bits = kvm.get_host_ipa_limit();
     if ipa_bits > 0 && ipa_bits < 64 && DRAM_BASE + mem_size > 1u64 << ipa_bits {
         return Err(BuildError::MemoryBeyondIpa {
-            mem_mib: cfg.mem_mib,
+            mem_mib: (mem_size >> 20) as u32,
             ipa_bits,
         });
     }
-    let vm = kvm_call("KVM_CREATE_VM", kvm.create_vm())?;
+    Ok(kvm)
+}
 
-    let mem: GuestRam = GuestRam::from_ranges(&[(GuestAddress(DRAM_BASE), mem_size as usize)])
-        .map_err(|e| BuildError::Memory(e.to_string()))?;
-    let host_addr = mem
-        .get_host_address(GuestAddress(DRAM_BASE))
-        .map_err(|e| BuildError::Memory(e.to_string()))?;
+/// Creates the KVM VM.
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
+    kvm_call("KVM_CREATE_VM", kvm.create_vm())
+}
+
+/// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`.
+const CAP_MANUAL_DIRTY_LOG_PROTECT2: u32 = 168;
+/// Its flags: `KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET`.
+const MANUAL_PROTECT_INITIALLY_SET: u64 = 0b11;
+
+/// Makes KVM's dirty log cleared only on request, with every page dirty at first, so that
+/// turning logging on costs no time in proportion to the guest's size.
+fn enable_manual_protect(vm: &VmFd) -> Result<(), BuildError> {
+    let supported = vm.check_extension_raw(u64::from(CAP_MANUAL_DIRTY_LOG_PROTECT2)) as u64;
+    if supported & MANUAL_PROTECT_INITIALLY_SET != MANUAL_PROTECT_INITIALLY_SET {
+        return Err(BuildError::Memory(
+            "track_dirty_pages needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET, which this host's KVM lacks".into(),
+        ));
+    }
+    let mut cap = kvm_bindings::kvm_enable_cap {
+        cap: CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        ..Default::default()
+    };
+    cap.args[0] = MANUAL_PROTECT_INITIALLY_SET;
+    kvm_call(
+        "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
+        vm.enable_cap(&cap),
+    )
+}
+
+/// Gives the guest its RAM as memory slot 0; with `track_dirty_pages`, KVM logs the pages
+/// the guest writes (manual protection, every page initially dirty).
+pub fn add_memory(vm: &VmFd, ram: &Ram, track_dirty_pages: bool) -> Result<(), BuildError> {
+    if track_dirty_pages {
+        enable_manual_protect(vm)?;
+    }
     let region = kvm_userspace_memory_region {
         slot: 0,
-        flags: 0,
-        guest_phys_addr: DRAM_BASE,
-        memory_size: mem_size,
-        userspace_addr: host_addr as u64,
+        flags: if track_dirty_pages {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        },
+        guest_phys_addr: ram.base(),
+        memory_size: ram.size(),
+        userspace_addr: ram.host_addr(),
     };
-    // SAFETY: the region is `mem`'s mapping, which `BuiltVm` keeps alive as long as the VM.
+    // SAFETY: the region is `ram`'s mapping, which `BuiltVm` keeps alive as long as the VM.
     kvm_call("KVM_SET_USER_MEMORY_REGION", unsafe {
         vm.set_user_memory_region(region)
-    })?;
+    })
+}
 
-    let plan = loader::load(&mem, DRAM_BASE, mem_size, kernel, initrd)?;
-
-    let mut vcpus = Vec::new();
-    let mut mpidrs = Vec::new();
-    for i in 0..cfg.vcpus {
-        let vcpu = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(i)))?;
-        kvm_vcpu::init(&vm, &vcpu, i == 0)?;
-        mpidrs.push(kvm_vcpu::mpidr(&vcpu)?);
-        vcpus.push(vcpu);
-    }
-    let gic = GicV3::create(&vm)?;
-
+/// The serial port, the RTC and (if asked for) the boot timer on a new MMIO bus.
+pub fn legacy_devices(
+    vm: &VmFd,
+    console: ConsoleOutput,
+    boot_timer: bool,
+    start: Instant,
+) -> Result<(MmioBus, Serial, Rtc), BuildError> {
     let mut bus = MmioBus::new();
     let serial_irq =
         IrqLine::new().map_err(|e| BuildError::Device(format!("serial interrupt: {e}")))?;
@@ -193,13 +222,10 @@ pub fn build(
     let serial: Serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console)));
     bus.insert(SERIAL_BASE, LEGACY_DEV_SIZE, serial.clone())
         .map_err(|e| BuildError::Device(e.to_string()))?;
-    bus.insert(
-        RTC_BASE,
-        LEGACY_DEV_SIZE,
-        Arc::new(Mutex::new(RtcDevice::new())),
-    )
-    .map_err(|e| BuildError::Device(e.to_string()))?;
-    if cfg.boot_timer {
+    let rtc: Rtc = Arc::new(Mutex::new(RtcDevice::new()));
+    bus.insert(RTC_BASE, LEGACY_DEV_SIZE, rtc.clone())
+        .map_err(|e| BuildError::Device(e.to_string()))?;
+    if boot_timer {
         let timer = BootTimer::new(
             start,
             Box::new(|d| {
@@ -217,7 +243,17 @@ pub fn build(
         )
         .map_err(|e| BuildError::Device(e.to_string()))?;
     }
+    Ok((bus, serial, rtc))
+}
 
+/// The virtio devices of `cfg` in their slots: the root drive first, then the other drives,
+/// the network interfaces, the entropy device and vsock.
+pub fn virtio_devices(
+    cfg: &VmConfig,
+    vm: &VmFd,
+    mem: &GuestRam,
+    bus: &mut MmioBus,
+) -> Result<crate::device_manager::VirtioDevices, BuildError> {
     let mut virtio = crate::device_manager::VirtioDevices::default();
     // The root drive takes the first slot so that it is /dev/vda.
     let mut drives: Vec<_> = cfg.drives.iter().filter(|d| d.is_root_device).collect();
@@ -243,9 +279,9 @@ pub fn build(
             .attach(
                 &format!("block_{}", d.drive_id),
                 Box::new(block),
-                &vm,
-                &mem,
-                &mut bus,
+                vm,
+                mem,
+                bus,
             )
             .map_err(BuildError::Device)?;
     }
@@ -270,13 +306,7 @@ pub fn build(
             ))
         })?;
         virtio
-            .attach(
-                &format!("net_{}", n.iface_id),
-                Box::new(net),
-                &vm,
-                &mem,
-                &mut bus,
-            )
+            .attach(&format!("net_{}", n.iface_id), Box::new(net), vm, mem, bus)
             .map_err(BuildError::Device)?;
     }
     if let Some(e) = &cfg.entropy {
@@ -285,7 +315,7 @@ pub fn build(
             None => Rng::new(),
         };
         virtio
-            .attach("entropy", Box::new(rng), &vm, &mem, &mut bus)
+            .attach("entropy", Box::new(rng), vm, mem, bus)
             .map_err(BuildError::Device)?;
     }
     if let Some(v) = &cfg.vsock {
@@ -295,12 +325,51 @@ pub fn build(
         })
         .map_err(|e| BuildError::Device(e.to_string()))?;
         virtio
-            .attach("vsock", Box::new(vsock), &vm, &mem, &mut bus)
+            .attach("vsock", Box::new(vsock), vm, mem, bus)
             .map_err(BuildError::Device)?;
     }
 
+    Ok(virtio)
+}
+
+/// Builds the VM described by `cfg` for a boot. Nothing runs yet.
+pub fn build(
+    cfg: &VmConfig,
+    console: ConsoleOutput,
+    start: Instant,
+) -> Result<BuiltVm, BuildError> {
+    cfg.validate()?;
+
+    // The files are opened and the kernel header checked before KVM is touched; their
+    // contents go straight into guest memory below, never through a heap buffer.
+    let kernel = KernelFile::open(&cfg.kernel)?;
+    let initrd = cfg.initrd.as_deref().map(InitrdFile::open).transpose()?;
+    let mem_size = u64::from(cfg.mem_mib) << 20;
+    // Refuse a layout that cannot fit before creating anything.
+    kernel.plan(DRAM_BASE, mem_size, initrd.as_ref().map(InitrdFile::len))?;
+
+    let kvm = open_kvm(cfg.vcpus, mem_size)?;
+    let vm = create_vm(&kvm)?;
+    let ram = Ram::new(DRAM_BASE, mem_size)?;
+    add_memory(&vm, &ram, cfg.track_dirty_pages)?;
+
+    let plan = loader::load(ram.guest(), DRAM_BASE, mem_size, kernel, initrd)?;
+
+    let mut vcpus = Vec::new();
+    let mut mpidrs = Vec::new();
+    for i in 0..cfg.vcpus {
+        let vcpu = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(i)))?;
+        kvm_vcpu::init(&vm, &vcpu, i == 0)?;
+        mpidrs.push(kvm_vcpu::mpidr(&vcpu)?);
+        vcpus.push(vcpu);
+    }
+    let gic = GicV3::create(&vm)?;
+
+    let (mut bus, serial, rtc) = legacy_devices(&vm, console, cfg.boot_timer, start)?;
+    let virtio = virtio_devices(cfg, &vm, ram.guest(), &mut bus)?;
+
     let fdt = create_fdt(&FdtConfig {
-        mpidrs,
+        mpidrs: mpidrs.clone(),
         mem_base: DRAM_BASE,
         mem_size,
         cmdline: cfg.guest_cmdline(),
@@ -310,7 +379,8 @@ pub fn build(
         virtio: virtio.fdt,
         rng_seed: rng_seed(),
     })?;
-    mem.write_slice(&fdt, GuestAddress(plan.fdt))
+    ram.guest()
+        .write_slice(&fdt, GuestAddress(plan.fdt))
         .map_err(|e| BuildError::Memory(format!("writing the device tree: {e}")))?;
     let boot = vcpus
         .first()
@@ -319,12 +389,14 @@ pub fn build(
 
     Ok(BuiltVm {
         vm,
-        mem,
+        ram,
         vcpus,
+        mpidrs,
         gic,
         bus: Arc::new(bus),
         serial,
-        plan,
+        rtc,
+        track_dirty_pages: cfg.track_dirty_pages,
         virtio: virtio.transports,
     })
 }
