@@ -35,6 +35,21 @@ pub trait Backend {
     ) -> Result<(), String>;
     /// The per-device metrics groups of a running VM.
     fn device_metrics(&mut self, vm: &Self::Vm) -> Vec<crate::metrics::DeviceGroup>;
+    /// Writes a snapshot of a paused VM: its state to `snapshot_path`, its memory to
+    /// `mem_file_path`; on failure neither path is left half-written.
+    fn snapshot(
+        &mut self,
+        vm: &Self::Vm,
+        params: &crate::api::snapshot::SnapshotCreateParams,
+    ) -> Result<(), String>;
+    /// Builds a VM from a snapshot, paused unless the request resumes it; `base` gives the
+    /// process's console and reset policy. Returns the VM and the configuration it was saved
+    /// with (overrides applied).
+    fn load(
+        &mut self,
+        base: &VmConfig,
+        req: &crate::api::snapshot::LoadRequest,
+    ) -> Result<(Self::Vm, VmConfig), String>;
 }
 
 /// A change to a running guest's device.
@@ -341,6 +356,8 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PutNet(id, n) => done(self.put_net(&id, n)),
             ApiRequest::PutVsock(v) => done(self.put_vsock(v)),
             ApiRequest::PatchNet(id, p) => done(self.patch_net(&id, p)),
+            ApiRequest::PutSnapshotCreate(p) => done(self.snapshot_create(&p)),
+            ApiRequest::PutSnapshotLoad(p) => done(self.snapshot_load(p)),
         }
     }
 
@@ -579,6 +596,9 @@ impl<B: Backend> Controller<B> {
         }
     }
 }
+
+mod snapshot;
+pub use snapshot::CREATE_NEEDS_PAUSE;
 
 #[cfg(test)]
 mod tests;

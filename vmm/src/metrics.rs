@@ -71,7 +71,8 @@ group!(
         actions_count, actions_fails, boot_source_count, boot_source_fails, logger_count, logger_fails,
         machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
         drive_count, drive_fails, entropy_count, entropy_fails, network_count, network_fails,
-        vsock_count, vsock_fails,
+        vsock_count, vsock_fails, snapshot_create_count, snapshot_create_fails,
+        snapshot_load_count, snapshot_load_fails,
     }
 );
 group!(
@@ -80,6 +81,10 @@ group!(
         machine_cfg_count, machine_cfg_fails, vm_count, vm_fails, drive_count, drive_fails,
         network_count, network_fails,
     }
+);
+group!(
+    /// `latencies_us`: how long the last of each snapshot operation took, in microseconds.
+    LatencyMetrics { full_create_snapshot, diff_create_snapshot, load_snapshot }
 );
 group!(
     /// `vcpu`.
@@ -105,6 +110,7 @@ pub struct Metrics {
     pub get_api_requests: GetApiMetrics,
     pub put_api_requests: PutApiMetrics,
     pub patch_api_requests: PatchApiMetrics,
+    pub latencies_us: LatencyMetrics,
     pub vcpu: VcpuMetrics,
     pub vmm: VmmMetrics,
     pub logger: LoggerMetrics,

@@ -205,6 +205,22 @@ impl Backend for KvmBackend {
     fn device_metrics(&mut self, vm: &RunningVm) -> Vec<crate::metrics::DeviceGroup> {
         vm.device_metrics()
     }
+
+    fn snapshot(
+        &mut self,
+        _vm: &RunningVm,
+        _params: &crate::api::snapshot::SnapshotCreateParams,
+    ) -> Result<(), String> {
+        Err("snapshot/create is not wired to KVM in this build".into())
+    }
+
+    fn load(
+        &mut self,
+        _base: &VmConfig,
+        _req: &crate::api::snapshot::LoadRequest,
+    ) -> Result<(RunningVm, VmConfig), String> {
+        Err("snapshot/load is not wired to KVM in this build".into())
+    }
 }
 
 /// The VMM thread's inputs besides the controller.

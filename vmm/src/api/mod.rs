@@ -12,6 +12,7 @@ pub mod client;
 pub mod model;
 pub mod router;
 pub mod server;
+pub mod snapshot;
 
 #[cfg(test)]
 mod openapi_tests;

@@ -49,6 +49,10 @@ fn resolve<'a>(doc: &'a Value, prop: &'a Value) -> &'a Value {
 
 /// Values of other JSON types than the schema's, which must be refused in its place.
 fn wrong_types(schema: &Value) -> Vec<Value> {
+    if schema["type"] == "array" {
+        // The one list field takes objects: neither null nor a list of other things.
+        return vec![Value::Null, json!({}), json!("x"), json!([7]), json!([[]])];
+    }
     let mut v = vec![Value::Null, json!([])];
     match schema["type"].as_str() {
         Some("string") => v.extend([json!(7), json!(true), json!({})]),

@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
     MachineConfigPatch, MetricsConfig, NetworkInterface, NetworkInterfacePatch, VmPatch, Vsock,
@@ -31,14 +32,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/vsock", "PUT"),
     ("/network-interfaces/{iface_id}", "PUT"),
     ("/network-interfaces/{iface_id}", "PATCH"),
+    ("/snapshot/create", "PUT"),
+    ("/snapshot/load", "PUT"),
 ];
 
 /// Firecracker's resources that later work brings, with the methods Firecracker serves on
 /// each: until then those methods get a 400 that says so, and any other method a 405, as on
 /// the served resources.
 pub const NOT_YET: &[(&str, &[&str])] = &[
-    ("/snapshot/create", &["PUT"]),
-    ("/snapshot/load", &["PUT"]),
     ("/cpu-config", &["PUT"]),
     ("/balloon", &["GET", "PUT", "PATCH"]),
     ("/balloon/statistics", &["GET", "PATCH"]),
@@ -89,6 +90,10 @@ pub enum ApiRequest {
     PatchNet(String, NetworkInterfacePatch),
     /// `PUT /vsock`.
     PutVsock(Vsock),
+    /// `PUT /snapshot/create`.
+    PutSnapshotCreate(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    PutSnapshotLoad(SnapshotLoadParams),
 }
 
 impl ApiRequest {
@@ -112,6 +117,8 @@ impl ApiRequest {
             Self::PutNet(..) => ("put_api_requests", "network_count"),
             Self::PutVsock(_) => ("put_api_requests", "vsock_count"),
             Self::PatchNet(..) => ("patch_api_requests", "network_count"),
+            Self::PutSnapshotCreate(_) => ("put_api_requests", "snapshot_create_count"),
+            Self::PutSnapshotLoad(_) => ("put_api_requests", "snapshot_load_count"),
         }
     }
 }
@@ -178,6 +185,9 @@ fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
     T::deserialize(value).map_err(|e| invalid(e.to_string()))
 }
 
+/// The fields that are lists of objects in Firecracker's description.
+const LIST_FIELDS: &[&str] = &["network_overrides"];
+
 /// A JSON value's type, as messages name it.
 fn json_type(v: &Value) -> &'static str {
     match v {
@@ -194,10 +204,18 @@ fn json_type(v: &Value) -> &'static str {
 /// field that may be left out, and a list for an object (its fields by position; also
 /// `{"Name": null}` for an enum name, refused by its null). Every request body this API
 /// takes is an object of strings, numbers, booleans and objects, as Firecracker's
-/// description has them, so both are a client's mistake; `at` names the field. The depth is
+/// description has them (except the `LIST_FIELDS`, lists of such objects), so both are a
+/// client's mistake; `at` names the field. The depth is
 /// bounded by serde_json's recursion limit on the parse before.
 fn plain_values(v: &Value, at: &str) -> Result<(), String> {
     match v {
+        Value::Array(items) if LIST_FIELDS.contains(&at) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| match item {
+                Value::Object(_) => plain_values(item, &format!("{at}[{i}]")),
+                other => Err(format!("{at}[{i}] is {}: give an object", json_type(other))),
+            }),
         Value::Null | Value::Array(_) => Err(format!(
             "{at} is {}: give a value of its type, or leave the field out",
             json_type(v)
@@ -289,6 +307,8 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("PUT", "/metrics") => ApiRequest::PutMetrics(body(raw)?),
         ("PUT", "/entropy") => ApiRequest::PutEntropy(body(raw)?),
         ("PUT", "/vsock") => ApiRequest::PutVsock(body(raw)?),
+        ("PUT", "/snapshot/create") => ApiRequest::PutSnapshotCreate(body(raw)?),
+        ("PUT", "/snapshot/load") => ApiRequest::PutSnapshotLoad(body(raw)?),
         ("PUT", p) if iface_id(p).is_some() => {
             ApiRequest::PutNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
         }
@@ -453,9 +473,24 @@ mod tests {
         .unwrap();
         assert!(matches!(d, ApiRequest::PutDrive(id, d) if id == "rootfs" && d.is_root_device));
         assert_eq!(
-            fault(parse("PUT", "/snapshot/create", b"{}")).1,
-            "the /snapshot/create resource is not supported yet"
+            fault(parse("PUT", "/cpu-config", b"{}")).1,
+            "the /cpu-config resource is not supported yet"
         );
+        let (s, m) = fault(parse("PUT", "/snapshot/create", b"{}"));
+        assert_eq!(s, 400);
+        assert!(m.contains("missing field `snapshot_path`"), "{m}");
+        let (_, m) = fault(parse(
+            "PUT",
+            "/snapshot/load",
+            br#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [1]}"#,
+        ));
+        assert!(m.contains("network_overrides[0] is a number"), "{m}");
+        let (_, m) = fault(parse(
+            "PUT",
+            "/snapshot/load",
+            br#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": []}"#,
+        ));
+        assert!(m.contains("vsock_override is a list"), "{m}");
         assert_eq!(fault(parse("PUT", "/snapshot", b"{}")).0, 404);
         assert_eq!(
             fault(parse("PUT", "/logger", &vec![b' '; MAX_BODY + 1])).0,
@@ -575,6 +610,7 @@ mod tests {
             r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
             r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#,
             r#"{"iface_id": "eth0"}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
             r#"{}"#,
         ];
         for (path, method) in ROUTES {

@@ -90,6 +90,34 @@ impl Backend for Fake {
     fn device_metrics(&mut self, _: &()) -> Vec<crate::metrics::DeviceGroup> {
         vec![("block_fake".into(), vec![("read_count", 7)])]
     }
+    fn snapshot(
+        &mut self,
+        _: &(),
+        p: &crate::api::snapshot::SnapshotCreateParams,
+    ) -> Result<(), String> {
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        self.log.push("snapshot");
+        self.changed.push(p.snapshot_path.clone());
+        Ok(())
+    }
+    fn load(
+        &mut self,
+        base: &VmConfig,
+        req: &crate::api::snapshot::LoadRequest,
+    ) -> Result<((), VmConfig), String> {
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        self.log.push("load");
+        let mut cfg = base.clone();
+        cfg.kernel = "/saved/kernel".into();
+        cfg.vcpus = 2;
+        cfg.mem_mib = 512;
+        cfg.track_dirty_pages = req.track_dirty_pages;
+        Ok(((), cfg))
+    }
 }
 
 fn kernel() -> String {
@@ -647,4 +675,72 @@ fn the_stored_logger_configuration_keeps_what_a_put_leaves_out() {
         call(&mut c, "GET", "/vm/config", "").body.unwrap()["logger"],
         json!({"show_level": true, "show_log_origin": false})
     );
+}
+
+#[test]
+fn snapshots_need_a_paused_vm_and_diffs_need_tracking() {
+    let mut c = ctl();
+    let create = r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#;
+    let before = call(&mut c, "PUT", "/snapshot/create", create);
+    assert_eq!(before.status, 400, "before boot");
+    let bs = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel());
+    assert_eq!(call(&mut c, "PUT", "/boot-source", &bs).status, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(call(&mut c, "PUT", "/actions", start).status, 204);
+    let r = call(&mut c, "PUT", "/snapshot/create", create);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body.unwrap()["fault_message"], CREATE_NEEDS_PAUSE);
+    assert!(!c.backend.log.contains(&"snapshot"));
+    let pause = r#"{"state": "Paused"}"#;
+    assert_eq!(call(&mut c, "PATCH", "/vm", pause).status, 204);
+    let diff = r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#;
+    let r = call(&mut c, "PUT", "/snapshot/create", diff);
+    assert_eq!(r.status, 400);
+    assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains("track_dirty_pages"));
+    let same = r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#;
+    assert_eq!(call(&mut c, "PUT", "/snapshot/create", same).status, 400);
+    assert!(!c.backend.log.contains(&"snapshot"));
+    assert_eq!(call(&mut c, "PUT", "/snapshot/create", create).status, 204);
+    assert_eq!(c.backend.changed, vec!["/s".to_string()]);
+    assert_eq!(c.state(), InstanceState::Paused);
+}
+
+#[test]
+fn a_load_needs_a_fresh_instance_and_a_failed_one_changes_nothing() {
+    let load = r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "track_dirty_pages": true}"#;
+    // Configured: refused, naming the rule.
+    let mut c = ctl();
+    let bs = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel());
+    assert_eq!(call(&mut c, "PUT", "/boot-source", &bs).status, 204);
+    let r = call(&mut c, "PUT", "/snapshot/load", load);
+    assert_eq!(r.status, 400);
+    assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains("fresh microVM"));
+    assert!(!c.backend.log.contains(&"load"));
+
+    // The backend fails: still not started, still loadable.
+    let mut c = ctl();
+    c.backend.fail = Some("memory file /m holds 0 bytes".into());
+    let r = call(&mut c, "PUT", "/snapshot/load", load);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body.unwrap()["fault_message"], "memory file /m holds 0 bytes");
+    assert_eq!(c.state(), InstanceState::NotStarted);
+    assert_eq!(c.machine, MachineConfig::default());
+    c.backend.fail = None;
+
+    // Loaded: paused (no resume_vm), configuration as saved, and no second load.
+    assert_eq!(call(&mut c, "PUT", "/snapshot/load", load).status, 204);
+    assert_eq!(c.state(), InstanceState::Paused);
+    let cfg = call(&mut c, "GET", "/vm/config", "").body.unwrap();
+    assert_eq!(cfg["boot-source"]["kernel_image_path"], "/saved/kernel");
+    assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
+    assert_eq!(cfg["machine-config"]["track_dirty_pages"], true);
+    assert_eq!(call(&mut c, "PUT", "/snapshot/load", load).status, 400);
+    let resume = r#"{"state": "Resumed"}"#;
+    assert_eq!(call(&mut c, "PATCH", "/vm", resume).status, 204);
+
+    // resume_vm: running at once.
+    let mut c = ctl();
+    let r = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": true}"#;
+    assert_eq!(call(&mut c, "PUT", "/snapshot/load", r).status, 204);
+    assert_eq!(c.state(), InstanceState::Running);
 }
