@@ -4,11 +4,11 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
     MachineConfigPatch, MetricsConfig, NetworkInterface, NetworkInterfacePatch, VmPatch, Vsock,
 };
+use super::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 
 /// Largest request body accepted (Firecracker's limit).
 pub const MAX_BODY: usize = 51_200;
@@ -209,13 +209,15 @@ fn json_type(v: &Value) -> &'static str {
 /// bounded by serde_json's recursion limit on the parse before.
 fn plain_values(v: &Value, at: &str) -> Result<(), String> {
     match v {
-        Value::Array(items) if LIST_FIELDS.contains(&at) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, item)| match item {
-                Value::Object(_) => plain_values(item, &format!("{at}[{i}]")),
-                other => Err(format!("{at}[{i}] is {}: give an object", json_type(other))),
-            }),
+        Value::Array(items) if LIST_FIELDS.contains(&at) => {
+            items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, item)| match item {
+                    Value::Object(_) => plain_values(item, &format!("{at}[{i}]")),
+                    other => Err(format!("{at}[{i}] is {}: give an object", json_type(other))),
+                })
+        }
         Value::Null | Value::Array(_) => Err(format!(
             "{at} is {}: give a value of its type, or leave the field out",
             json_type(v)

@@ -228,7 +228,10 @@ mod tests {
                 r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t1"}, {"iface_id": "a", "host_dev_name": "t2"}]}"#,
                 "twice",
             ),
-            (r#"{"snapshot_path": "s", "mem_file_path": "m", "x": 1}"#, "unknown field"),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "x": 1}"#,
+                "unknown field",
+            ),
         ] {
             let e = load(body).unwrap_err();
             assert!(e.contains(want), "{body}: {e}");

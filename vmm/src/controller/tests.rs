@@ -696,7 +696,12 @@ fn snapshots_need_a_paused_vm_and_diffs_need_tracking() {
     let diff = r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#;
     let r = call(&mut c, "PUT", "/snapshot/create", diff);
     assert_eq!(r.status, 400);
-    assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains("track_dirty_pages"));
+    assert!(
+        r.body.unwrap()["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("track_dirty_pages")
+    );
     let same = r#"{"snapshot_path": "/s", "mem_file_path": "/s"}"#;
     assert_eq!(call(&mut c, "PUT", "/snapshot/create", same).status, 400);
     assert!(!c.backend.log.contains(&"snapshot"));
@@ -714,7 +719,12 @@ fn a_load_needs_a_fresh_instance_and_a_failed_one_changes_nothing() {
     assert_eq!(call(&mut c, "PUT", "/boot-source", &bs).status, 204);
     let r = call(&mut c, "PUT", "/snapshot/load", load);
     assert_eq!(r.status, 400);
-    assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains("fresh microVM"));
+    assert!(
+        r.body.unwrap()["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("fresh microVM")
+    );
     assert!(!c.backend.log.contains(&"load"));
 
     // The backend fails: still not started, still loadable.
@@ -722,7 +732,10 @@ fn a_load_needs_a_fresh_instance_and_a_failed_one_changes_nothing() {
     c.backend.fail = Some("memory file /m holds 0 bytes".into());
     let r = call(&mut c, "PUT", "/snapshot/load", load);
     assert_eq!(r.status, 400);
-    assert_eq!(r.body.unwrap()["fault_message"], "memory file /m holds 0 bytes");
+    assert_eq!(
+        r.body.unwrap()["fault_message"],
+        "memory file /m holds 0 bytes"
+    );
     assert_eq!(c.state(), InstanceState::NotStarted);
     assert_eq!(c.machine, MachineConfig::default());
     c.backend.fail = None;
