@@ -23,7 +23,8 @@ fn a_guest_loop_survives_100_pause_resume_cycles() {
         vm: _vm, vcpu, mem, ..
     } = t;
     let (tx, rx) = events::channel().expect("event channel");
-    let handle = VcpuHandle::spawn(0, vcpu, Arc::new(MmioBus::new()), tx).expect("spawn vcpu");
+    let handle =
+        VcpuHandle::spawn(0, vcpu, Arc::new(MmioBus::new()), tx, false).expect("spawn vcpu");
     let read = || mem.read_obj::<u64>(counter).expect("read counter");
     let wait_progress = |from: u64| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -40,10 +41,20 @@ fn a_guest_loop_survives_100_pause_resume_cycles() {
         handle.pause();
         assert!(handle.is_paused(), "cycle {cycle}: not parked");
         let a = read();
+        // While paused, the VMM reaches the vCPU's registers: x5 is what the loop stored.
+        {
+            let fd = handle.fd_if_paused().expect("a paused vCPU's fd is reachable");
+            let x5 = arch::kvm::vcpu::get(&fd, arch::sysreg::xreg_id(5)).expect("read x5");
+            assert_eq!(x5, a, "cycle {cycle}: x5 and the stored counter differ");
+        }
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(read(), a, "cycle {cycle}: the loop ran while paused");
         handle.resume();
         wait_progress(a);
+        assert!(
+            handle.fd_if_paused().is_none(),
+            "cycle {cycle}: a running vCPU's fd was handed out"
+        );
     }
     assert!(rx.drain().is_empty(), "no vCPU error or system event");
     handle.stop();

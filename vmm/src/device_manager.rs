@@ -174,11 +174,12 @@ pub struct DeviceThread {
 }
 
 impl DeviceThread {
-    /// Starts serving the given transports (none: no thread).
-    pub fn start(transports: &[NamedTransport]) -> std::io::Result<Self> {
+    /// Starts serving the given transports (none: no thread), or parked until `unpark` when
+    /// `parked`.
+    pub fn start(transports: &[NamedTransport], parked: bool) -> std::io::Result<Self> {
         let control = Arc::new(Control {
             state: Mutex::new(ParkState {
-                want: Want::Serve,
+                want: if parked { Want::Park } else { Want::Serve },
                 parked: false,
             }),
             cv: Condvar::new(),

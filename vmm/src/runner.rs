@@ -37,21 +37,32 @@ pub enum RunError {
     Restart(String),
 }
 
-/// A VM whose vCPUs are running.
+/// A VM whose vCPU threads have started (running, or paused).
 #[derive(Debug)]
 pub struct RunningVm {
-    built: BuiltVm,
-    vcpus: Vec<VcpuHandle>,
+    pub(crate) built: BuiltVm,
+    pub(crate) vcpus: Vec<VcpuHandle>,
     devices: DeviceThread,
 }
 
 impl RunningVm {
-    /// Starts every vCPU of a built VM.
-    pub fn start(mut built: BuiltVm, events: &EventSender) -> Result<Self, VcpuError> {
-        let devices = DeviceThread::start(&built.virtio).map_err(VcpuError::Devices)?;
+    /// Starts every vCPU of a built VM, and its device thread; all of them parked when
+    /// `paused`.
+    pub fn start(
+        mut built: BuiltVm,
+        events: &EventSender,
+        paused: bool,
+    ) -> Result<Self, VcpuError> {
+        let devices = DeviceThread::start(&built.virtio, paused).map_err(VcpuError::Devices)?;
         let mut vcpus = Vec::new();
         for (i, fd) in built.vcpus.drain(..).enumerate() {
-            vcpus.push(VcpuHandle::spawn(i, fd, built.bus.clone(), events.clone())?);
+            vcpus.push(VcpuHandle::spawn(
+                i,
+                fd,
+                built.bus.clone(),
+                events.clone(),
+                paused,
+            )?);
         }
         Ok(Self {
             built,
@@ -182,7 +193,7 @@ impl Backend for KvmBackend {
         let setup = self.start.elapsed().as_micros();
         METRICS.vmm.setup_time_us.set(setup as u64);
         log::info!("Setup-time = {setup} us (process start to first KVM_RUN)");
-        RunningVm::start(built, &self.events).map_err(|e| e.to_string())
+        RunningVm::start(built, &self.events, false).map_err(|e| e.to_string())
     }
 
     fn pause(&mut self, vm: &RunningVm) {

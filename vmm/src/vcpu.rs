@@ -103,17 +103,19 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
-    /// Starts a thread running `vcpu`.
+    /// Starts a thread running `vcpu`, or parked until `resume` when `paused` (a restored
+    /// VM stays paused until asked to resume).
     pub fn spawn(
         index: usize,
         vcpu: VcpuFd,
         bus: Arc<MmioBus>,
         events: EventSender,
+        paused: bool,
     ) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let control = Arc::new(Control {
             state: Mutex::new(Shared {
-                want: Want::Run,
+                want: if paused { Want::Pause } else { Want::Run },
                 paused: false,
                 exited: false,
             }),
