@@ -44,7 +44,11 @@ pub(crate) mod testing {
         B: Stateful + ?Sized,
     {
         let saved = from.save().expect("save");
-        assert_eq!(saved.version, 1, "{}: every layout is at version 1", saved.name);
+        assert_eq!(
+            saved.version, 1,
+            "{}: every layout is at version 1",
+            saved.name
+        );
         into.restore(&saved).expect("restore into a fresh device");
         let again = into.save().expect("save after restore");
         assert_eq!(saved, again, "{}: restored state differs", saved.name);
@@ -68,7 +72,11 @@ pub(crate) mod testing {
             }
             other => panic!("expected TooNew, got {other:?}"),
         }
-        assert_eq!(into.save().expect("save"), before, "a refused restore changed state");
+        assert_eq!(
+            into.save().expect("save"),
+            before,
+            "a refused restore changed state"
+        );
     }
 
     /// `into` refuses `s` with `Refused`, with `needle` in the message, and is unchanged.
@@ -82,6 +90,10 @@ pub(crate) mod testing {
             }
             other => panic!("expected Refused, got {other:?}"),
         }
-        assert_eq!(into.save().expect("save"), before, "a refused restore changed state");
+        assert_eq!(
+            into.save().expect("save"),
+            before,
+            "a refused restore changed state"
+        );
     }
 }

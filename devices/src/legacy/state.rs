@@ -91,7 +91,10 @@ impl<W: Write + Send> Stateful for SerialDevice<W> {
         if s.fifo.len() > FIFO_SIZE {
             return Err(refused(
                 section,
-                format!("a FIFO of {} bytes (the 16550 holds {FIFO_SIZE})", s.fifo.len()),
+                format!(
+                    "a FIFO of {} bytes (the 16550 holds {FIFO_SIZE})",
+                    s.fifo.len()
+                ),
             ));
         }
         if s.held_input.len() > MAX_PENDING_INPUT {

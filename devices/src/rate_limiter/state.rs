@@ -108,7 +108,10 @@ mod tests {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(100, 50, S, t0);
         assert!(b.consume(50, t0), "the burst");
-        assert!(b.consume(300, t0), "a full bucket lets an oversized request through");
+        assert!(
+            b.consume(300, t0),
+            "a full bucket lets an oversized request through"
+        );
         let s = b.state(t0);
         assert_eq!(
             s,

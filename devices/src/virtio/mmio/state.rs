@@ -193,7 +193,8 @@ impl Stateful for MmioTransport {
     fn restore(&mut self, section: &Section) -> Result<(), StateError> {
         let s: MmioTransportState = decode(section)?;
         self.check_registers(&s).map_err(|e| refused(section, e))?;
-        let active = s.status & status::DRIVER_OK != 0 && s.status & status::DEVICE_NEEDS_RESET == 0;
+        let active =
+            s.status & status::DRIVER_OK != 0 && s.status & status::DEVICE_NEEDS_RESET == 0;
         let mut queues = Vec::with_capacity(s.queues.len());
         for (i, q) in s.queues.iter().enumerate() {
             let restored = self.restored_queue(i, q).map_err(|e| refused(section, e))?;

@@ -147,9 +147,7 @@ fn net(mac: Option<[u8; 6]>) -> (Net, std::os::unix::net::UnixDatagram) {
 #[test]
 fn net_round_trips_its_mac_offloads_and_limiters() {
     let (mut a, _pa) = net(Some([2, 0, 0, 0, 0, 7]));
-    a.activate(
-        VIRTIO_F_VERSION_1 | feature::GUEST_CSUM | feature::GUEST_TSO4 | feature::MRG_RXBUF,
-    );
+    a.activate(VIRTIO_F_VERSION_1 | feature::GUEST_CSUM | feature::GUEST_TSO4 | feature::MRG_RXBUF);
     let (mut b, _pb) = net(None);
     let s = round_trip(&a, &mut b);
     let st: NetState = decode(&s).unwrap();
@@ -219,7 +217,11 @@ fn a_transport_restored_mid_operation_serves_the_next_request() {
         1,
         "the unacknowledged interrupt is still pending"
     );
-    assert_eq!(t.queue_evts()[0].read().unwrap(), 1, "the queue is kicked once");
+    assert_eq!(
+        t.queue_evts()[0].read().unwrap(),
+        1,
+        "the queue is kicked once"
+    );
     t.process(0);
     assert_eq!(
         used(&mq),

@@ -11,5 +11,5 @@ pub mod state;
 mod tests;
 
 pub use conn::BUF_ALLOC;
-pub use state::VsockState;
 pub use device::{HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Vsock, VsockConfig, VsockError};
+pub use state::VsockState;

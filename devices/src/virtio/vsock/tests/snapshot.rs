@@ -85,8 +85,18 @@ fn the_reset_waits_for_a_buffer_and_skips_one_too_small() {
     let (mq, mut q) = event_queue(&h, 0, 4);
     assert!(!h.dev.process_queue(EVT, &mut q, h.mem), "no buffer yet");
     let raw = [
-        RawDescriptor::from(SplitDescriptor::new(EV_BUF, 2, VRING_DESC_F_WRITE as u16, 0)),
-        RawDescriptor::from(SplitDescriptor::new(EV_BUF + 0x10, 4, VRING_DESC_F_WRITE as u16, 0)),
+        RawDescriptor::from(SplitDescriptor::new(
+            EV_BUF,
+            2,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )),
+        RawDescriptor::from(SplitDescriptor::new(
+            EV_BUF + 0x10,
+            4,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )),
     ];
     mq.add_desc_chains(&raw, 0).unwrap();
     assert!(h.dev.process_queue(EVT, &mut q, h.mem));
