@@ -21,6 +21,13 @@ impl IrqLine {
         &self.evt
     }
 
+    /// Another handle on the same line (a restored device raises it too).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            evt: self.evt.try_clone()?,
+        })
+    }
+
     /// Raises the interrupt.
     pub fn trigger(&self) -> std::io::Result<()> {
         self.evt.write(1)

@@ -7,6 +7,7 @@ pub mod fuzzing;
 pub mod irq;
 pub mod legacy;
 pub mod rate_limiter;
+mod state;
 pub mod unix_socket;
 pub mod virtio;
 

@@ -3,6 +3,7 @@
 pub mod boot_timer;
 pub mod rtc;
 pub mod serial;
+pub mod state;
 
 pub use boot_timer::BootTimer;
 pub use rtc::RtcDevice;

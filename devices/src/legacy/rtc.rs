@@ -7,7 +7,7 @@ use crate::bus::MmioDevice;
 
 /// A PL031 RTC.
 pub struct RtcDevice {
-    rtc: Rtc<NoEvents>,
+    pub(super) rtc: Rtc<NoEvents>,
 }
 
 impl std::fmt::Debug for RtcDevice {

@@ -15,7 +15,7 @@ use crate::bus::MmioDevice;
 use crate::irq::IrqLine;
 
 /// Input beyond this is dropped rather than grow without bound.
-const MAX_PENDING_INPUT: usize = 1 << 20;
+pub(super) const MAX_PENDING_INPUT: usize = 1 << 20;
 /// Offset of the receive buffer register.
 const RBR: u8 = 0;
 /// Offset of the interrupt enable register (with DLAB clear).
@@ -27,10 +27,27 @@ const IER_RDA: u8 = 1;
 /// LCR: divisor latch access; offsets 0 and 1 are the divisor while it is set.
 const LCR_DLAB: u8 = 0x80;
 
+/// The writer inside vm-superio's UART. It is empty only for the moment a restore moves the
+/// writer from the old UART to the one rebuilt from the saved registers.
+pub(super) struct Output<W>(pub(super) Option<W>);
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.as_mut() {
+            Some(w) => w.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
 /// A serial port whose output goes to `W`.
 pub struct SerialDevice<W: Write + Send> {
-    serial: Serial<IrqLine, NoEvents, W>,
-    pending: VecDeque<u8>,
+    pub(super) serial: Serial<IrqLine, NoEvents, Output<W>>,
+    pub(super) pending: VecDeque<u8>,
 }
 
 impl<W: Write + Send> std::fmt::Debug for SerialDevice<W> {
@@ -45,7 +62,7 @@ impl<W: Write + Send> SerialDevice<W> {
     /// A serial port raising `irq` and writing to `out`.
     pub fn new(irq: IrqLine, out: W) -> Self {
         Self {
-            serial: Serial::new(irq, out),
+            serial: Serial::new(irq, Output(Some(out))),
             pending: VecDeque::new(),
         }
     }
@@ -64,7 +81,7 @@ impl<W: Write + Send> SerialDevice<W> {
         self.serial.read(LCR) & LCR_DLAB == 0 && self.serial.read(IER) & IER_RDA != 0
     }
 
-    fn refill(&mut self) {
+    pub(super) fn refill(&mut self) {
         if self.pending.is_empty() || !self.receiving() {
             return;
         }
@@ -88,7 +105,11 @@ impl<W: Write + Send> SerialDevice<W> {
 
     /// The output writer.
     pub fn writer_mut(&mut self) -> &mut W {
-        self.serial.writer_mut()
+        self.serial
+            .writer_mut()
+            .0
+            .as_mut()
+            .expect("the writer is only out of the UART inside a restore")
     }
 }
 

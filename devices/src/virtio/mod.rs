@@ -11,6 +11,7 @@ pub mod vsock;
 mod tests;
 
 use crate::GuestRam;
+use migration::state::Stateful;
 use virtio_queue::Queue;
 
 /// `VIRTIO_F_VERSION_1`: every device offers it and the driver must accept it.
@@ -34,8 +35,9 @@ pub mod device_type {
 }
 
 /// A virtio device behind the transport. The transport owns the queues and the feature and
-/// status handshake; the device owns its config space and the meaning of its requests.
-pub trait VirtioDevice: Send {
+/// status handshake; the device owns its config space and the meaning of its requests, and
+/// saves them as its own section (`Stateful`, which every device must implement).
+pub trait VirtioDevice: Send + Stateful {
     /// Its virtio device type.
     fn device_type(&self) -> u32;
     /// The largest size of each queue.

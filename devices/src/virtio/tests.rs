@@ -18,6 +18,8 @@ use super::{VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::bus::MmioDevice;
 use crate::irq::IrqLine;
 
+mod snapshot;
+
 const MEM: u64 = 0x10_0000;
 const DATA: u64 = 0x4_0000;
 

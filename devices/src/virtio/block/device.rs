@@ -31,7 +31,7 @@ const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const ID_BYTES: usize = 20;
 
 /// Firecracker's cache types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum CacheType {
     /// No flush is offered; the host's page cache decides when data reaches the disk.
     #[default]
@@ -58,9 +58,9 @@ pub struct BlockConfig {
 /// A virtio block device.
 #[derive(Debug)]
 pub struct Block {
-    cfg: BlockConfig,
+    pub(super) cfg: BlockConfig,
     file: File,
-    capacity: u64,
+    pub(super) capacity: u64,
     config: [u8; 24],
     retry: Option<Duration>,
     stats: BlockStats,
@@ -103,7 +103,7 @@ impl Block {
         Ok(b)
     }
 
-    fn update_config(&mut self) {
+    pub(super) fn update_config(&mut self) {
         self.config[..8].copy_from_slice(&self.capacity.to_le_bytes());
         self.config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
     }

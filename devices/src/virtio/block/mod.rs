@@ -2,6 +2,8 @@
 
 mod device;
 mod request;
+pub mod state;
 
 pub use device::{Block, BlockConfig, CacheType};
 pub use request::{RequestType, Status};
+pub use state::BlockState;

@@ -72,11 +72,15 @@ pub struct NetConfig {
 /// A virtio network device.
 #[derive(Debug)]
 pub struct Net {
+    pub(super) id: String,
     tap: Tap,
-    config: [u8; 8],
-    mac: bool,
+    pub(super) config: [u8; 8],
+    pub(super) mac: bool,
+    /// The features the driver accepted when it set DRIVER_OK (0 before), which decide the
+    /// tap's offloads.
+    pub(super) features: u64,
     /// Whether the driver merges receive buffers.
-    mergeable: bool,
+    pub(super) mergeable: bool,
     /// The length of the frame waiting in `buf` for receive buffers, if one is.
     pending: Option<usize>,
     buf: Vec<u8>,
@@ -85,8 +89,8 @@ pub struct Net {
     /// Chains a frame went into: (head, bytes written).
     placed: Vec<(u16, u32)>,
     stats: [u64; 8],
-    rx_limiter: Option<RateLimiter>,
-    tx_limiter: Option<RateLimiter>,
+    pub(super) rx_limiter: Option<RateLimiter>,
+    pub(super) tx_limiter: Option<RateLimiter>,
     retry: Option<Duration>,
 }
 
@@ -104,9 +108,11 @@ impl Net {
             config[..6].copy_from_slice(&m);
         }
         Self {
+            id: cfg.id,
             tap,
             config,
             mac: cfg.mac.is_some(),
+            features: 0,
             mergeable: false,
             pending: None,
             buf: vec![0; MAX_FRAME],
@@ -241,7 +247,7 @@ impl Net {
     }
 
     /// The tap offloads that match the driver's receive features.
-    fn tap_offloads(features: u64) -> u32 {
+    pub(super) fn tap_offloads(features: u64) -> u32 {
         let mut flags = 0;
         if features & feature::GUEST_CSUM != 0 {
             flags |= offload::CSUM;
@@ -283,6 +289,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, features: u64) {
+        self.features = features;
         self.mergeable = features & feature::MRG_RXBUF != 0;
         let flags = Self::tap_offloads(features);
         if let Err(e) = self.tap.set_offload(flags) {
@@ -294,6 +301,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
+        self.features = 0;
         self.mergeable = false;
         self.pending = None;
         if let Err(e) = self.tap.set_offload(0) {

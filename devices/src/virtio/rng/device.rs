@@ -18,7 +18,7 @@ const QUEUE_SIZES: [u16; 1] = [256];
 pub struct Rng {
     /// Bytes handed to the guest.
     pub bytes_served: u64,
-    limiter: Option<RateLimiter>,
+    pub(super) limiter: Option<RateLimiter>,
     retry: Option<Duration>,
     throttled: u64,
 }

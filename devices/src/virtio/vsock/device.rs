@@ -33,6 +33,8 @@ use crate::virtio::{
 
 const RX: usize = 0;
 const TX: usize = 1;
+/// The event queue, which carries transport resets.
+pub(super) const EVT: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// The most connections at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -70,7 +72,7 @@ pub enum VsockError {
 /// A virtio-vsock device.
 #[derive(Debug)]
 pub struct Vsock {
-    cid: u64,
+    pub(super) cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
@@ -83,6 +85,8 @@ pub struct Vsock {
     scratch: Vec<u8>,
     handshake_timer: HandshakeTimer,
     stats: Stats,
+    /// Restored from a snapshot: the guest is owed a transport reset event.
+    pub(super) reset_pending: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -131,6 +135,7 @@ impl Vsock {
             scratch: vec![0; HDR_LEN + RX_CHUNK],
             handshake_timer,
             stats: Stats::default(),
+            reset_pending: false,
         })
     }
 
@@ -693,7 +698,7 @@ impl VirtioDevice for Vsock {
         match index {
             RX => self.fill_rx(queue, mem),
             TX => self.transmit(queue, mem),
-            // The event queue carries transport resets, which this device never sends.
+            EVT => self.send_reset_event(queue, mem),
             _ => false,
         }
     }
@@ -713,6 +718,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
+        // A driver that starts again has no sockets to reset.
+        self.reset_pending = false;
         let tokens: Vec<u64> = self.conns.keys().copied().collect();
         for t in tokens {
             self.remove(t);

@@ -17,6 +17,7 @@ use super::{BUF_ALLOC, Vsock, VsockConfig};
 use crate::virtio::VirtioDevice;
 
 mod limits;
+mod snapshot;
 
 const CID: u64 = 3;
 const RX_BUF: u32 = HDR_LEN as u32 + 64 * 1024;

@@ -5,6 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+pub mod state;
+pub use state::{RateLimiterState, TokenBucketState};
+
 /// One bucket.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {

@@ -17,6 +17,9 @@ use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
 use crate::bus::MmioDevice;
 use crate::irq::IrqLine;
 
+pub mod state;
+pub use state::{MmioTransportState, VirtqueueState};
+
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x0056_4d4d; // "MMV"
@@ -201,7 +204,12 @@ impl MmioTransport {
         self.device.metrics()
     }
 
-    /// The device, to change its backend (for example a drive's file).
+    /// The device, to save its own state.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// The device, to change its backend (for example a drive's file) or restore its state.
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
     }
