@@ -211,8 +211,8 @@ enum Direction {
 /// Moves a request's buffers between the image at `pos` and guest memory with preadv/pwritev
 /// straight on the guest mapping, with no bounce buffer: one call for the whole request
 /// unless the kernel moves less. Each buffer must lie in one memory region.
-// Dirty tracking for migration will have to mark these pages: raw-pointer writes bypass
-// vm-memory's bitmap.
+// preadv writes through raw pointers, past vm-memory's accessors: `GuestIovecs::new` marks
+// the device-written buffers in the dirty bitmap before the call.
 fn guest_io(
     file: &File,
     pos: u64,
