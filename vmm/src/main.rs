@@ -11,6 +11,8 @@ use vmm::api::model::LogLevel;
 use vmm::config::{DEFAULT_CMDLINE, ResetPolicy, VmConfig};
 use vmm::console::ConsoleConfig;
 
+mod cli_snapshot;
+
 /// Exit status when the guest kernel panicked.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 const EXIT_GUEST_PANIC: u8 = 3;
@@ -83,6 +85,9 @@ enum Command {
     Pause(ClientArgs),
     /// Resume a paused guest (PATCH /vm Resumed).
     Resume(ClientArgs),
+    /// Create, load, inspect and rebase snapshots.
+    #[command(subcommand)]
+    Snapshot(cli_snapshot::SnapshotCommand),
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +314,7 @@ fn main() -> ExitCode {
         None => plan_process(p),
         Some(Command::Run(a)) => plan_run(a, p),
         Some(Command::Info(a)) => return client(a, "GET", "/", None, ""),
+        Some(Command::Snapshot(c)) => return cli_snapshot::run(c),
         Some(Command::Config(a)) => return client(a, "GET", "/vm/config", None, ""),
         Some(Command::Start(a)) => {
             return client(

@@ -96,6 +96,9 @@ pub type Serial = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
 /// The RTC as the VMM holds it.
 pub type Rtc = Arc<Mutex<RtcDevice>>;
 
+/// The boot timer as the VMM holds it.
+pub type Timer = Arc<Mutex<BootTimer>>;
+
 /// A built VM whose vCPUs have not started.
 #[derive(Debug)]
 pub struct BuiltVm {
@@ -107,6 +110,8 @@ pub struct BuiltVm {
     pub vcpus: Vec<VcpuFd>,
     /// Each vCPU's MPIDR_EL1, in vCPU order.
     pub mpidrs: Vec<u64>,
+    /// The `kvm_vcpu_init` features each vCPU was initialised with, in vCPU order.
+    pub features: Vec<[u32; 7]>,
     /// The vGIC (kept alive with the VM).
     pub gic: GicV3,
     /// The MMIO bus.
@@ -115,6 +120,8 @@ pub struct BuiltVm {
     pub serial: Serial,
     /// The RTC.
     pub rtc: Rtc,
+    /// The boot timer, if the VM has one.
+    pub boot_timer: Option<Timer>,
     /// Whether dirty pages are tracked (KVM's log on the memory slot).
     pub track_dirty_pages: bool,
     /// virtio devices, by id.
@@ -211,7 +218,7 @@ pub fn legacy_devices(
     console: ConsoleOutput,
     boot_timer: bool,
     start: Instant,
-) -> Result<(MmioBus, Serial, Rtc), BuildError> {
+) -> Result<(MmioBus, Serial, Rtc, Option<Timer>), BuildError> {
     let mut bus = MmioBus::new();
     let serial_irq =
         IrqLine::new().map_err(|e| BuildError::Device(format!("serial interrupt: {e}")))?;
@@ -225,8 +232,8 @@ pub fn legacy_devices(
     let rtc: Rtc = Arc::new(Mutex::new(RtcDevice::new()));
     bus.insert(RTC_BASE, LEGACY_DEV_SIZE, rtc.clone())
         .map_err(|e| BuildError::Device(e.to_string()))?;
-    if boot_timer {
-        let timer = BootTimer::new(
+    let timer = if boot_timer {
+        let timer: Timer = Arc::new(Mutex::new(BootTimer::new(
             start,
             Box::new(|d| {
                 log::info!(
@@ -235,15 +242,14 @@ pub fn legacy_devices(
                     d.as_millis()
                 );
             }),
-        );
-        bus.insert(
-            BOOT_TIMER_BASE,
-            LEGACY_DEV_SIZE,
-            Arc::new(Mutex::new(timer)),
-        )
-        .map_err(|e| BuildError::Device(e.to_string()))?;
-    }
-    Ok((bus, serial, rtc))
+        )));
+        bus.insert(BOOT_TIMER_BASE, LEGACY_DEV_SIZE, timer.clone())
+            .map_err(|e| BuildError::Device(e.to_string()))?;
+        Some(timer)
+    } else {
+        None
+    };
+    Ok((bus, serial, rtc, timer))
 }
 
 /// The virtio devices of `cfg` in their slots: the root drive first, then the other drives,
@@ -357,15 +363,17 @@ pub fn build(
 
     let mut vcpus = Vec::new();
     let mut mpidrs = Vec::new();
+    let mut features = Vec::new();
     for i in 0..cfg.vcpus {
         let vcpu = kvm_call("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(i)))?;
         kvm_vcpu::init(&vm, &vcpu, i == 0)?;
         mpidrs.push(kvm_vcpu::mpidr(&vcpu)?);
+        features.push(kvm_vcpu::init_features(i == 0));
         vcpus.push(vcpu);
     }
     let gic = GicV3::create(&vm)?;
 
-    let (mut bus, serial, rtc) = legacy_devices(&vm, console, cfg.boot_timer, start)?;
+    let (mut bus, serial, rtc, boot_timer) = legacy_devices(&vm, console, cfg.boot_timer, start)?;
     let virtio = virtio_devices(cfg, &vm, ram.guest(), &mut bus)?;
 
     let fdt = create_fdt(&FdtConfig {
@@ -392,10 +400,12 @@ pub fn build(
         ram,
         vcpus,
         mpidrs,
+        features,
         gic,
         bus: Arc::new(bus),
         serial,
         rtc,
+        boot_timer,
         track_dirty_pages: cfg.track_dirty_pages,
         virtio: virtio.transports,
     })
