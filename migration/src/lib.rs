@@ -10,6 +10,8 @@
 //! The byte layout and the versioning rules are in DESIGN.md.
 
 mod crc64;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod snapshot;
 pub mod state;
 
