@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::snapshot::MAX_SNAPSHOT_SIZE;
 use crate::state::Section;
 
 /// A fresh, empty directory for one test.
@@ -178,7 +179,7 @@ fn a_file_over_the_limit_is_refused_unread() {
     let p = d.join("huge");
     // Sparse: no disk space is used.
     let f = File::create(&p).unwrap();
-    f.set_len(super::super::MAX_SNAPSHOT_SIZE as u64 + 1).unwrap();
+    f.set_len(MAX_SNAPSHOT_SIZE as u64 + 1).unwrap();
     drop(f);
     let e = read_snapshot_file(&p).unwrap_err();
     assert!(matches!(e, SnapshotError::TooLarge { .. }), "{e}");
