@@ -27,6 +27,7 @@ pub const TARGETS: &[&str] = &[
     "api_request",
     "config_file",
     "kernel_image",
+    "snapshot_file",
 ];
 
 /// How long each target runs.

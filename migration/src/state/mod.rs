@@ -157,6 +157,12 @@ impl SectionSet {
         Self::default()
     }
 
+    /// A set of sections whose names the caller has found unique (the snapshot decoder,
+    /// which checks that in one pass instead of `push`'s search per section).
+    pub(crate) fn from_unique(sections: Vec<Section>) -> Self {
+        Self { sections }
+    }
+
     /// Adds a section; a second one with the same name is refused.
     pub fn push(&mut self, s: Section) -> Result<(), StateError> {
         if self.get(&s.name).is_some() {
