@@ -63,6 +63,14 @@ pub fn subs_imm(rd: u32, rn: u32, imm12: u32) -> u32 {
     0xf100_0000 | (imm12 << 10) | (reg(rn) << 5) | reg(rd)
 }
 
+/// `isb`.
+pub const ISB: u32 = 0xd503_3fdf;
+
+/// `mrs xT, cntvct_el0`: the virtual counter.
+pub fn mrs_cntvct(rt: u32) -> u32 {
+    0xd53b_e040 | reg(rt)
+}
+
 /// `b` by a signed number of instructions.
 pub fn b(offset_instrs: i32) -> u32 {
     0x1400_0000 | ((offset_instrs as u32) & 0x03ff_ffff)
@@ -103,6 +111,8 @@ mod tests {
         assert_eq!(HVC_0, 0xd400_0002); // hvc #0
         assert_eq!(b(-2), 0x17ff_fffe); // b .-8
         assert_eq!(b(0), B_SELF);
+        assert_eq!(mrs_cntvct(6), 0xd53b_e046); // mrs x6, cntvct_el0
+        assert_eq!(ISB, 0xd503_3fdf); // isb
     }
 
     #[test]

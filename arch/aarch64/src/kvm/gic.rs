@@ -17,7 +17,7 @@ pub enum GicError {
     #[error("KVM cannot create a GICv3 (KVM_DEV_TYPE_ARM_VGIC_V3): {0}")]
     Create(#[source] kvm_ioctls::Error),
     /// An attribute was refused.
-    #[error("cannot set GICv3 attribute {what}: {source}")]
+    #[error("cannot access GICv3 attribute {what}: {source}")]
     Attr {
         /// Which attribute.
         what: &'static str,
@@ -92,6 +92,23 @@ impl GicV3 {
             0,
         )?;
         Ok(Self { fd })
+    }
+
+    /// The number of interrupt IDs the GIC implements (32 private ones plus the SPIs).
+    pub fn nr_irqs(&self) -> Result<u32, GicError> {
+        let mut n = 0u32;
+        let mut a = kvm_device_attr {
+            group: KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+            attr: 0,
+            addr: &mut n as *mut u32 as u64,
+            flags: 0,
+        };
+        // SAFETY: `addr` points at a u32 that outlives the call, the size of this attribute.
+        unsafe { self.fd.get_device_attr(&mut a) }.map_err(|source| GicError::Attr {
+            what: "number of IRQs",
+            source,
+        })?;
+        Ok(n)
     }
 
     /// The device descriptor, for state save and restore.

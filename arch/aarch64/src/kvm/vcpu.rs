@@ -29,15 +29,23 @@ pub enum VcpuInitError {
     },
 }
 
+/// The `kvm_vcpu_init.features` `init` uses: PSCI 0.2, and POWER_OFF for secondaries.
+/// Snapshots record them (`vcpu_state::save_vcpu`), since KVM cannot report them.
+pub fn init_features(boot: bool) -> [u32; 7] {
+    let mut features = [0u32; 7];
+    features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+    if !boot {
+        features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+    }
+    features
+}
+
 /// Initialises a vCPU; only the boot vCPU starts powered on.
 pub fn init(vm: &VmFd, vcpu: &VcpuFd, boot: bool) -> Result<(), VcpuInitError> {
     let mut kvi = kvm_vcpu_init::default();
     vm.get_preferred_target(&mut kvi)
         .map_err(VcpuInitError::PreferredTarget)?;
-    kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
-    if !boot {
-        kvi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
-    }
+    kvi.features = init_features(boot);
     vcpu.vcpu_init(&kvi).map_err(VcpuInitError::Init)
 }
 
