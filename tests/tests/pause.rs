@@ -43,7 +43,9 @@ fn a_guest_loop_survives_100_pause_resume_cycles() {
         let a = read();
         // While paused, the VMM reaches the vCPU's registers: x5 is what the loop stored.
         {
-            let fd = handle.fd_if_paused().expect("a paused vCPU's fd is reachable");
+            let fd = handle
+                .fd_if_paused()
+                .expect("a paused vCPU's fd is reachable");
             let x5 = arch::kvm::vcpu::get(&fd, arch::sysreg::xreg_id(5)).expect("read x5");
             assert_eq!(x5, a, "cycle {cycle}: x5 and the stored counter differ");
         }

@@ -178,22 +178,20 @@ pub fn run(cmd: &SnapshotCommand) -> ExitCode {
                 ExitCode::from(EXIT_VMM_ERROR)
             }
         },
-        SnapshotCommand::Rebase(a) => {
-            match vmm::vm::memory::rebase(&a.memory_path, &a.diff_path) {
-                Ok(bytes) => {
-                    println!(
-                        "{}: {} bytes from {} laid over it",
-                        a.memory_path.display(),
-                        bytes,
-                        a.diff_path.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("vmm: {e}");
-                    ExitCode::from(EXIT_VMM_ERROR)
-                }
+        SnapshotCommand::Rebase(a) => match vmm::vm::memory::rebase(&a.memory_path, &a.diff_path) {
+            Ok(bytes) => {
+                println!(
+                    "{}: {} bytes from {} laid over it",
+                    a.memory_path.display(),
+                    bytes,
+                    a.diff_path.display()
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                ExitCode::from(EXIT_VMM_ERROR)
+            }
+        },
     }
 }

@@ -35,11 +35,12 @@ pub trait Backend {
     ) -> Result<(), String>;
     /// The per-device metrics groups of a running VM.
     fn device_metrics(&mut self, vm: &Self::Vm) -> Vec<crate::metrics::DeviceGroup>;
-    /// Writes a snapshot of a paused VM: its state to `snapshot_path`, its memory to
-    /// `mem_file_path`; on failure neither path is left half-written.
+    /// Writes a snapshot of a paused VM built from `cfg`: its state to `snapshot_path`, its
+    /// memory to `mem_file_path`; on failure neither path is left half-written.
     fn snapshot(
         &mut self,
         vm: &Self::Vm,
+        cfg: &VmConfig,
         params: &crate::api::snapshot::SnapshotCreateParams,
     ) -> Result<(), String>;
     /// Builds a VM from a snapshot, paused unless the request resumes it; `base` gives the

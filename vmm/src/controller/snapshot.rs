@@ -45,8 +45,9 @@ impl<B: Backend> Controller<B> {
         if p.snapshot_path == p.mem_file_path {
             return Err("snapshot_path and mem_file_path must be different files".into());
         }
+        let cfg = self.vm_config()?;
         let started = Instant::now();
-        self.backend.snapshot(vm, p)?;
+        self.backend.snapshot(vm, &cfg, p)?;
         let took = started.elapsed().as_micros() as u64;
         match p.snapshot_type {
             SnapshotType::Full => METRICS.latencies_us.full_create_snapshot.set(took),

@@ -93,6 +93,7 @@ impl Backend for Fake {
     fn snapshot(
         &mut self,
         _: &(),
+        _: &VmConfig,
         p: &crate::api::snapshot::SnapshotCreateParams,
     ) -> Result<(), String> {
         if let Some(e) = &self.fail {

@@ -12,6 +12,10 @@ use crate::api::model::{
 use crate::config::VmConfig;
 use migration::Versioned;
 
+#[cfg(target_arch = "aarch64")]
+pub mod create;
+pub mod inspect;
+
 /// The section of the VM itself.
 pub const VM_SECTION: &str = "vm";
 /// The vGIC's section.

@@ -164,36 +164,12 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
     kvm_call("KVM_CREATE_VM", kvm.create_vm())
 }
 
-/// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`.
-const CAP_MANUAL_DIRTY_LOG_PROTECT2: u32 = 168;
-/// Its flags: `KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET`.
-const MANUAL_PROTECT_INITIALLY_SET: u64 = 0b11;
-
-/// Makes KVM's dirty log cleared only on request, with every page dirty at first, so that
-/// turning logging on costs no time in proportion to the guest's size.
-fn enable_manual_protect(vm: &VmFd) -> Result<(), BuildError> {
-    let supported = vm.check_extension_raw(u64::from(CAP_MANUAL_DIRTY_LOG_PROTECT2)) as u64;
-    if supported & MANUAL_PROTECT_INITIALLY_SET != MANUAL_PROTECT_INITIALLY_SET {
-        return Err(BuildError::Memory(
-            "track_dirty_pages needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET, which this host's KVM lacks".into(),
-        ));
-    }
-    let mut cap = kvm_bindings::kvm_enable_cap {
-        cap: CAP_MANUAL_DIRTY_LOG_PROTECT2,
-        ..Default::default()
-    };
-    cap.args[0] = MANUAL_PROTECT_INITIALLY_SET;
-    kvm_call(
-        "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)",
-        vm.enable_cap(&cap),
-    )
-}
-
 /// Gives the guest its RAM as memory slot 0; with `track_dirty_pages`, KVM logs the pages
 /// the guest writes (manual protection, every page initially dirty).
 pub fn add_memory(vm: &VmFd, ram: &Ram, track_dirty_pages: bool) -> Result<(), BuildError> {
     if track_dirty_pages {
-        enable_manual_protect(vm)?;
+        arch::kvm::dirty_log::enable_manual_protect(vm)
+            .map_err(|e| BuildError::Memory(e.to_string()))?;
     }
     let region = kvm_userspace_memory_region {
         slot: 0,

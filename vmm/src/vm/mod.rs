@@ -4,3 +4,5 @@
 #[cfg(target_arch = "aarch64")]
 pub mod builder;
 pub mod memory;
+#[cfg(target_arch = "aarch64")]
+pub mod restore;

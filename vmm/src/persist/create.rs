@@ -1,0 +1,158 @@
+//! Taking a snapshot of a paused VM: every component's section (the VM's own, each vCPU, the
+//! vGIC, the serial port, the RTC, the boot timer, each virtio transport and its device),
+//! then guest memory (Full: every page that is not zero; Diff: the pages KVM's dirty log
+//! and the devices' bitmap mark since the previous snapshot), then the state file. Both files
+//! are written to a temporary name and renamed, so a failure leaves no half-written file.
+
+use std::path::Path;
+
+use arch::kvm::{counter, dirty_log, gic_state, vcpu_state};
+use migration::snapshot::write_snapshot_file;
+use migration::state::encode;
+use migration::{Section, SectionSet, StateError, Stateful};
+
+use super::{
+    BOOT_TIMER_SECTION, GIC_SECTION, RTC_SECTION, SERIAL_SECTION, SavedConfig, VM_SECTION, VmState,
+    device_section, transport_section, unix_now_ns, vcpu_section,
+};
+use crate::api::snapshot::{SnapshotCreateParams, SnapshotType};
+use crate::config::VmConfig;
+use crate::runner::RunningVm;
+use crate::vm::memory::{MemoryError, MemoryFileStats};
+
+/// Why a snapshot could not be taken; each names the component or file.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// A vCPU was not paused.
+    #[error("vCPU {0} is not paused")]
+    NotPaused(usize),
+    /// A vCPU's state could not be read.
+    #[error("vCPU {index}: {source}")]
+    Vcpu {
+        /// Which vCPU.
+        index: usize,
+        /// Why.
+        #[source]
+        source: vcpu_state::VcpuStateError,
+    },
+    /// The guest counter could not be read.
+    #[error(transparent)]
+    Counter(#[from] counter::CounterError),
+    /// The vGIC's state could not be read.
+    #[error(transparent)]
+    Gic(#[from] gic_state::GicStateError),
+    /// A component could not save its state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// KVM's dirty log could not be read or cleared.
+    #[error(transparent)]
+    DirtyLog(#[from] dirty_log::DirtyLogError),
+    /// The memory file could not be written.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The state file could not be written.
+    #[error("{0}")]
+    File(#[from] migration::snapshot::SnapshotError),
+}
+
+/// A component's section under its name in this VM.
+fn named(mut s: Section, name: impl Into<String>) -> Section {
+    s.name = name.into();
+    s
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every section of a paused VM.
+pub fn collect(vm: &RunningVm, cfg: &VmConfig) -> Result<SectionSet, CreateError> {
+    let built = &vm.built;
+    let mut sections = SectionSet::new();
+    let mut vcpus = Vec::new();
+    let mut guest_counter = None;
+    for (i, h) in vm.vcpus.iter().enumerate() {
+        let mut fd = h.fd_if_paused().ok_or(CreateError::NotPaused(i))?;
+        // A vCPU paused right after an MMIO read has its result still to take in.
+        vcpu_state::settle(&mut fd).map_err(|source| CreateError::Vcpu { index: i, source })?;
+        if guest_counter.is_none() {
+            guest_counter = Some(counter::guest_counter(&fd)?);
+        }
+        let features = built.features.get(i).copied().unwrap_or_default();
+        let state = vcpu_state::save_vcpu(&fd, features)
+            .map_err(|source| CreateError::Vcpu { index: i, source })?;
+        vcpus.push(encode(&vcpu_section(i), &state)?);
+    }
+    let vm_state = VmState {
+        vmm_version: crate::VERSION.to_string(),
+        saved_at_unix_ns: unix_now_ns(),
+        mem_base: built.ram.base(),
+        mem_size: built.ram.size(),
+        counter_frequency: counter::counter_frequency(),
+        guest_counter: guest_counter.unwrap_or_default(),
+        gic_version: 3,
+        config: SavedConfig::from_config(cfg),
+    };
+    sections.push(encode(VM_SECTION, &vm_state)?)?;
+    for s in vcpus {
+        sections.push(s)?;
+    }
+    let gic = gic_state::save_gic(&built.gic, &built.mpidrs)?;
+    sections.push(encode(GIC_SECTION, &gic)?)?;
+    sections.push(named(lock(&built.serial).save()?, SERIAL_SECTION))?;
+    sections.push(named(lock(&built.rtc).save()?, RTC_SECTION))?;
+    if let Some(t) = &built.boot_timer {
+        sections.push(named(lock(t).save()?, BOOT_TIMER_SECTION))?;
+    }
+    for (id, t) in &built.virtio {
+        let t = lock(t);
+        sections.push(named(t.save()?, transport_section(id)))?;
+        sections.push(named(t.device().save()?, device_section(id)))?;
+    }
+    Ok(sections)
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateStats {
+    /// The memory file's pages.
+    pub memory: MemoryFileStats,
+}
+
+/// Writes the snapshot of a paused VM.
+pub fn create(
+    vm: &RunningVm,
+    cfg: &VmConfig,
+    p: &SnapshotCreateParams,
+) -> Result<CreateStats, CreateError> {
+    let sections = collect(vm, cfg)?;
+    let built = &vm.built;
+    let pages = built.ram.size().div_ceil(crate::vm::memory::PAGE_SIZE) as usize;
+    // What the guest wrote (KVM) and what the devices wrote (the bitmap) since the last
+    // snapshot; both restart now, so the next Diff is relative to this snapshot.
+    let mut dirty = if built.track_dirty_pages {
+        dirty_log::get_dirty_log(&built.vm, 0, built.ram.size() as usize)?
+    } else {
+        Vec::new()
+    };
+    let memory = match p.snapshot_type {
+        SnapshotType::Full => built.ram.write_full(Path::new(&p.mem_file_path))?,
+        SnapshotType::Diff => {
+            let devices = built.ram.take_device_dirty();
+            let mut all = dirty.clone();
+            all.resize(devices.len().max(all.len()), 0);
+            for (a, d) in all.iter_mut().zip(&devices) {
+                *a |= d;
+            }
+            all.truncate(pages.div_ceil(64));
+            built.ram.write_diff(Path::new(&p.mem_file_path), &all)?
+        }
+    };
+    write_snapshot_file(Path::new(&p.snapshot_path), &sections)?;
+    if built.track_dirty_pages {
+        dirty.truncate(pages.div_ceil(64));
+        dirty_log::clear_dirty_log(&built.vm, 0, 0, pages as u32, &dirty)?;
+        let _ = built.ram.take_device_dirty();
+    }
+    Ok(CreateStats { memory })
+}
