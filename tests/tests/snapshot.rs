@@ -3,11 +3,14 @@
 //! carries on where it was.
 #![cfg(target_arch = "aarch64")]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use vmm_tests::api::{curl, get_json, socket_path, wait_ready};
-use vmm_tests::guest::{Guest, artifact};
+use vmm_tests::guest::{Guest, PATIENCE, artifact};
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vmm-snap-{tag}-{}", std::process::id()));
@@ -114,4 +117,199 @@ fn a_guest_carries_on_in_a_new_process_after_sigkill() {
     h.send("poweroff -f\n");
     let (status, stderr) = h.wait_exit();
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+fn host(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("run sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn create(sock: &Path, kind: &str, state: &Path, mem: &Path) {
+    put(
+        sock,
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_type": "{kind}", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+}
+
+/// Starts a fresh vmm and loads the snapshot into it; `extra` adds fields to the load body.
+fn load(tag: &str, state: &Path, mem: &Path, extra: &str) -> (Guest, PathBuf) {
+    let sock = socket_path(tag);
+    let g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
+    wait_ready(&sock);
+    put(
+        &sock,
+        "/snapshot/load",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true{extra}}}"#,
+            state.display(),
+            mem.display()
+        ),
+    );
+    (g, sock)
+}
+
+/// The `hold` workload's status: per-CPU counters, whether the monotonic clock went back,
+/// the memory's checksum now, and right after the fill.
+#[derive(Debug)]
+struct Hold {
+    counters: Vec<u64>,
+    backwards: bool,
+    sum: String,
+    expected: String,
+}
+
+fn hold_status(g: &mut Guest) -> Hold {
+    let out = g.sh(
+        "rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
+         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status",
+    );
+    let line = out.last().expect("a status line").clone();
+    println!("hold status: {line}");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+            .expect("every field in the status line")
+    };
+    Hold {
+        counters: field("counters")
+            .split(',')
+            .map(|c| c.parse().expect("a counter"))
+            .collect(),
+        backwards: field("backwards") != "0",
+        sum: field("sum"),
+        expected: field("expected"),
+    }
+}
+
+/// Connects through the hybrid socket to the guest's `port`.
+fn connect_guest(uds: &Path, port: u32) -> UnixStream {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut s = UnixStream::connect(uds).expect("connect to uds_path");
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .expect("send CONNECT");
+        let mut line = String::new();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        if r.read_line(&mut line).is_ok() && line.starts_with("OK ") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the guest listener never accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn echo(s: &mut UnixStream, text: &str) {
+    s.write_all(text.as_bytes()).expect("write to the guest");
+    let mut back = vec![0u8; text.len()];
+    s.read_exact(&mut back).expect("read the echo");
+    assert_eq!(back, text.as_bytes());
+}
+
+fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
+    let out = g.sh("wc -l < /mnt/grow; grep -vc '^line$' /mnt/grow");
+    let n = |i: usize| out.get(i).and_then(|l| l.trim().parse().ok()).expect("a count");
+    (n(0), n(1))
+}
+
+#[test]
+fn a_busy_guest_with_every_device_survives_sigkill_and_a_load() {
+    let dir = scratch("full");
+    let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
+    let disk = dir.join("disk.ext4");
+    std::fs::copy(artifact("GUEST_ROOTFS"), &disk).expect("copy the disk");
+    let (uds, uds2) = (dir.join("v.sock"), dir.join("v2.sock"));
+    host(
+        "ip tuntap add dev vmtaps mode tap vnet_hdr && ip addr add 172.29.0.1/24 dev vmtaps && ip link set vmtaps up",
+    );
+    let sock = socket_path("snap-full");
+    let mut g = boot(
+        &sock,
+        2,
+        512,
+        &[
+            (
+                "/drives/data",
+                format!(
+                    r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}"#,
+                    disk.display()
+                ),
+            ),
+            (
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "vmtaps", "guest_mac": "06:00:ac:1d:00:02"}"#
+                    .to_string(),
+            ),
+            (
+                "/vsock",
+                format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, uds.display()),
+            ),
+            ("/entropy", "{}".to_string()),
+        ],
+    );
+    g.sh("ip addr add 172.29.0.2/24 dev eth0; ip link set eth0 up");
+    g.sh("mount /dev/vda /mnt && rm -f /mnt/grow");
+    g.send("(while true; do echo line >> /mnt/grow; sync; sleep 0.5; done) &\n");
+    g.send("vmm-guest-tool vsock-echo 5000 &\n");
+    g.wait_for("VSOCK_ECHO_READY");
+    g.send("vmm-guest-tool hold 256 &\n");
+    g.wait_for("HOLD_READY");
+    // A host connection that stays open across the snapshot.
+    let mut open = connect_guest(&uds, 5000);
+    echo(&mut open, "before\n");
+    let before = hold_status(&mut g);
+    assert_eq!(before.sum, before.expected, "{before:?}");
+    let (grown, bad) = lines_of_grow(&mut g);
+    assert!(grown > 0 && bad == 0);
+
+    patch_vm(&sock, "Paused");
+    create(&sock, "Full", &state, &mem);
+    g.signal(libc::SIGKILL);
+    let _ = g.wait_exit();
+
+    let (mut h, sock2) = load(
+        "snap-full-b",
+        &state,
+        &mem,
+        &format!(
+            r#", "vsock_override": {{"uds_path": "{}"}}, "network_overrides": [{{"iface_id": "eth0", "host_dev_name": "vmtaps"}}]"#,
+            uds2.display()
+        ),
+    );
+    // The connection open at the snapshot is reset in the guest, not left hanging.
+    h.wait_for("VSOCK_ECHO_CLOSED");
+    let after = hold_status(&mut h);
+    assert_eq!(after.sum, after.expected, "the pattern changed: {after:?}");
+    assert_eq!(after.expected, before.expected);
+    assert!(!after.backwards, "CLOCK_MONOTONIC went backwards: {after:?}");
+    for (a, b) in after.counters.iter().zip(&before.counters) {
+        assert!(a > b, "a counter restarted: {before:?} then {after:?}");
+    }
+    let (grown2, bad2) = lines_of_grow(&mut h);
+    assert!(grown2 >= grown && bad2 == 0, "{grown} then {grown2}, {bad2} bad");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lines_of_grow(&mut h).0 > grown2, "the file stopped growing");
+    let ping = h.sh("ping -c 2 -W 5 172.29.0.1 >/dev/null 2>&1; echo rc=$?");
+    assert_eq!(ping, vec!["rc=0".to_string()], "the guest pings the host over the tap");
+    let mut again = connect_guest(&uds2, 5000);
+    echo(&mut again, "after\n");
+    let rng = h.sh("dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c");
+    assert_eq!(rng, vec!["16".to_string()], "the entropy device answers");
+    let cfg = get_json(&sock2, "/vm/config");
+    assert_eq!(cfg["vsock"]["uds_path"], uds2.display().to_string());
+    drop(open);
+    h.send("poweroff -f\n");
+    let (status, stderr) = h.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let _ = Command::new("ip").args(["link", "del", "vmtaps"]).status();
 }

@@ -8,11 +8,15 @@
 //! - `randread DEV SECONDS`: 4 KiB O_DIRECT random reads; prints `RANDREAD_IOPS <n>`.
 //! - `seqread DEV MIB` / `seqwrite DEV MIB`: 1 MiB O_DIRECT requests (writes end with fsync);
 //!   prints `SEQREAD_MIBS` / `SEQWRITE_MIBS`.
+//! - `hold MIB`: the snapshot tests' workload (see `hold.rs`).
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
+
+#[path = "guest_tool/hold.rs"]
+mod hold;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -98,6 +102,8 @@ fn vsock_echo(port: u32) -> Result<()> {
                 }
             }
             shut_write(&conn);
+            // The snapshot tests wait for this: a connection reset by a restore ends here.
+            println!("VSOCK_ECHO_CLOSED");
         });
     }
 }
@@ -252,7 +258,8 @@ fn run(args: &[String]) -> Result<()> {
         [c, dev, secs] if c == "randread" => randread(dev, num(secs)? as f64),
         [c, dev, mib] if c == "seqread" => seq(dev, num(mib)?, false),
         [c, dev, mib] if c == "seqwrite" => seq(dev, num(mib)?, true),
-        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB".into()),
+        [c, mib] if c == "hold" => hold::hold(num(mib)?),
+        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB".into()),
     }
 }
 
