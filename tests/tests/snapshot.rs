@@ -119,6 +119,24 @@ fn a_guest_carries_on_in_a_new_process_after_sigkill() {
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
+/// Whether two files hold the same bytes (read in chunks: memory files are large).
+fn same_content(a: &Path, b: &Path) -> bool {
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).expect("open"),
+        std::fs::File::open(b).expect("open"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).expect("read");
+        if na == 0 {
+            return fb.read(&mut bb).expect("read") == 0;
+        }
+        if fb.read_exact(&mut bb[..na]).is_err() || ba[..na] != bb[..na] {
+            return false;
+        }
+    }
+}
+
 fn host(cmd: &str) {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("run sh");
     assert!(
@@ -273,7 +291,31 @@ fn a_busy_guest_with_every_device_survives_sigkill_and_a_load() {
     assert!(grown > 0 && bad == 0);
 
     patch_vm(&sock, "Paused");
+    // Paused is quiescent: traffic on the tap and on vsock while paused writes nothing to
+    // guest memory, so two snapshots around it hold the same memory.
+    let first = dir.join("first.mem");
+    create(&sock, "Full", &dir.join("first.state"), &first);
+    let pinger = Command::new("ping")
+        .args(["-c", "20", "-i", "0.1", "-W", "1", "172.29.0.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping the guest");
+    let knock = std::thread::spawn({
+        let uds = uds.clone();
+        move || {
+            for _ in 0..5 {
+                if let Ok(mut s) = UnixStream::connect(&uds) {
+                    let _ = s.write_all(b"CONNECT 5000\n");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let _ = knock.join();
+    let _ = pinger.wait_with_output();
     create(&sock, "Full", &state, &mem);
+    assert!(same_content(&first, &mem), "guest memory changed while paused");
+    std::fs::remove_file(&first).expect("remove the first memory file");
     g.signal(libc::SIGKILL);
     let _ = g.wait_exit();
 

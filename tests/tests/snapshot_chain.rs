@@ -1,0 +1,187 @@
+//! Snapshots in sequence inside the emulated host: ten snapshot/load cycles of one guest, each
+//! checked, and a Full snapshot followed by a Diff that, laid over the Full memory file with
+//! `vmm snapshot rebase`, loads the same guest while holding only the dirtied pages.
+#![cfg(target_arch = "aarch64")]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vmm_tests::api::{curl, socket_path, wait_ready};
+use vmm_tests::guest::{Guest, artifact, vmm_bin};
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmm-chain-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn put(sock: &Path, path: &str, body: &str) {
+    let (code, text) = curl(sock, "PUT", path, Some(body));
+    assert_eq!(code, 204, "PUT {path} {body}: {text}");
+}
+
+fn patch_vm(sock: &Path, state: &str) {
+    let body = format!(r#"{{"state": "{state}"}}"#);
+    let (code, text) = curl(sock, "PATCH", "/vm", Some(&body));
+    assert_eq!(code, 204, "PATCH /vm {state}: {text}");
+}
+
+fn create(sock: &Path, kind: &str, state: &Path, mem: &Path) {
+    let body = format!(
+        r#"{{"snapshot_type": "{kind}", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        state.display(),
+        mem.display()
+    );
+    put(sock, "/snapshot/create", &body);
+}
+
+fn load(tag: &str, state: &Path, mem: &Path, extra: &str) -> (Guest, PathBuf) {
+    let sock = socket_path(tag);
+    let g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
+    wait_ready(&sock);
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true{extra}}}"#,
+        state.display(),
+        mem.display()
+    );
+    put(&sock, "/snapshot/load", &body);
+    (g, sock)
+}
+
+fn boot(sock: &Path, machine: &str) -> Guest {
+    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
+    wait_ready(sock);
+    put(
+        sock,
+        "/boot-source",
+        &format!(
+            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 rdinit=/init"}}"#,
+            artifact("GUEST_KERNEL").display(),
+            artifact("GUEST_INITRD").display()
+        ),
+    );
+    put(sock, "/machine-config", machine);
+    put(sock, "/actions", r#"{"action_type": "InstanceStart"}"#);
+    g.wait_for("GUEST_READY");
+    g
+}
+
+/// The guest's `hold` checksum check and its counters, after asking for them.
+fn hold(g: &mut Guest) -> (bool, Vec<u64>) {
+    let out = g.sh(
+        "rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
+         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status",
+    );
+    let line = out.last().expect("a status line").clone();
+    let field = |name: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+            .expect("every field")
+    };
+    let ok = field("sum") == field("expected") && field("backwards") == "0";
+    let counters = field("counters")
+        .split(',')
+        .map(|c| c.parse().expect("a counter"))
+        .collect();
+    (ok, counters)
+}
+
+#[test]
+fn ten_snapshot_load_cycles_in_a_chain() {
+    let dir = scratch("ten");
+    let sock = socket_path("chain-0");
+    let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
+    g.send("vmm-guest-tool hold 16 &\n");
+    g.wait_for("HOLD_READY");
+    g.sh("echo 0 > /tmp/cycle");
+    let (ok, mut last) = hold(&mut g);
+    assert!(ok);
+    let mut sock = sock;
+    for cycle in 1..=10 {
+        // Each generation leaves a mark that the next must find.
+        g.sh(&format!("echo {cycle} >> /tmp/cycle"));
+        patch_vm(&sock, "Paused");
+        let (state, mem) = (dir.join(format!("s{cycle}")), dir.join(format!("m{cycle}")));
+        create(&sock, "Full", &state, &mem);
+        g.signal(libc::SIGKILL);
+        let _ = g.wait_exit();
+        if cycle > 1 {
+            let _ = std::fs::remove_file(dir.join(format!("m{}", cycle - 1)));
+        }
+        let (next, s) = load(&format!("chain-{cycle}"), &state, &mem, "");
+        (g, sock) = (next, s);
+        let marks = g.sh("tr '\\n' ' ' < /tmp/cycle");
+        let want: Vec<String> = (0..=cycle).map(|c| c.to_string()).collect();
+        assert_eq!(marks, vec![want.join(" ") + " "], "cycle {cycle}");
+        let (ok, counters) = hold(&mut g);
+        assert!(ok, "cycle {cycle}: the pattern or the clock broke");
+        assert!(
+            counters[0] > last[0],
+            "cycle {cycle}: the counter went from {last:?} to {counters:?}"
+        );
+        last = counters;
+    }
+    g.send("poweroff -f\n");
+    let (status, stderr) = g.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+fn allocated(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("stat").blocks() * 512
+}
+
+#[test]
+fn a_diff_over_its_full_base_gives_the_same_guest() {
+    let dir = scratch("diff");
+    let sock = socket_path("diff-a");
+    let mut g = boot(
+        &sock,
+        r#"{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}"#,
+    );
+    g.send("vmm-guest-tool hold 64 &\n");
+    g.wait_for("HOLD_READY");
+    patch_vm(&sock, "Paused");
+    let (base_state, base) = (dir.join("base.state"), dir.join("base.mem"));
+    create(&sock, "Full", &base_state, &base);
+    patch_vm(&sock, "Resumed");
+    // Dirty 1 MiB the guest can check later.
+    let sum = g.sh("dd if=/dev/urandom of=/tmp/new bs=4096 count=256 2>/dev/null; sha256sum /tmp/new");
+    let before = sum.first().expect("a checksum").clone();
+    patch_vm(&sock, "Paused");
+    let (diff_state, diff) = (dir.join("diff.state"), dir.join("diff.mem"));
+    create(&sock, "Diff", &diff_state, &diff);
+    g.signal(libc::SIGKILL);
+    let _ = g.wait_exit();
+
+    // The diff holds the dirtied pages, not the guest's 64 MiB of pattern nor its 256 MiB.
+    let (d, b) = (allocated(&diff), allocated(&base));
+    println!("full memory file: {b} bytes allocated; diff: {d}");
+    assert!(b >= 64 << 20, "the base holds the pattern: {b}");
+    assert!(d >= 1 << 20, "the diff holds at least the 1 MiB written: {d}");
+    assert!(d < 24 << 20, "the diff holds more than the dirtied pages: {d}");
+
+    let out = Command::new(vmm_bin())
+        .args(["snapshot", "rebase", "--memory-path"])
+        .arg(&base)
+        .arg("--diff-path")
+        .arg(&diff)
+        .output()
+        .expect("run vmm snapshot rebase");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut h, _) = load("diff-b", &diff_state, &base, r#", "track_dirty_pages": true"#);
+    let (ok, _) = hold(&mut h);
+    assert!(ok, "the pattern is intact after base + diff");
+    assert_eq!(h.sh("sha256sum /tmp/new"), vec![before]);
+    let _ = h.collect_for(Duration::from_millis(100));
+    h.send("poweroff -f\n");
+    let (status, stderr) = h.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
