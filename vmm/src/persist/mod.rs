@@ -14,6 +14,7 @@ use migration::Versioned;
 
 #[cfg(target_arch = "aarch64")]
 pub mod create;
+pub mod decode;
 pub mod inspect;
 
 /// The section of the VM itself.
