@@ -188,7 +188,7 @@ fn without_counters(s: &VcpuState) -> Vec<RegValue> {
 }
 
 #[test]
-fn a_restored_guest_continues_where_it_stopped() {
+fn kvm_state_a_restored_guest_continues_where_it_stopped() {
     let mut a = Vm::boot(2, 0x10_0000);
     a.load(&counting_program());
     a.set(0, xreg_id(0), 1000);
@@ -255,7 +255,7 @@ fn a_restored_guest_continues_where_it_stopped() {
 }
 
 #[test]
-fn pending_vcpu_events_survive_a_restore() {
+fn kvm_state_pending_vcpu_events_survive_a_restore() {
     let a = Vm::boot(1, 0x1_0000);
     let mut ev = kvm_vcpu_events::default();
     ev.exception.serror_pending = 1;
@@ -272,7 +272,7 @@ fn pending_vcpu_events_survive_a_restore() {
 }
 
 #[test]
-fn restore_names_registers_missing_on_either_side() {
+fn kvm_state_restore_names_registers_missing_on_either_side() {
     let a = Vm::boot(1, 0x1_0000);
     let mut s = a.save_vcpus().remove(0);
     s.regs.retain(|r| r.id != xreg_id(3));
@@ -312,7 +312,7 @@ fn set_attr32(gic: &GicV3, group: u32, attr: u64, v: u32) {
 }
 
 #[test]
-fn gic_state_round_trips_into_a_new_vm() {
+fn kvm_state_gic_state_round_trips_into_a_new_vm() {
     let a = Vm::boot(2, 0x1_0000);
     let gic = a.gic();
     let mpidrs = a.mpidrs();
@@ -347,9 +347,20 @@ fn gic_state_round_trips_into_a_new_vm() {
     gic.device_fd()
         .set_device_attr(&a_pmr)
         .expect("ICC_PMR_EL1");
-    // SPI 37's line goes high (level-triggered).
-    a.vm.set_irq_line((KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | 37, true)
-        .expect("KVM_IRQ_LINE");
+    // SPIs start edge-triggered: SPI 37 becomes level-triggered (ICFGR2 bits 11:10 = 0) and
+    // its line goes high; SPI 38, still edge-triggered, gets an edge (the pending latch).
+    set_attr32(
+        gic,
+        KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
+        0x0c08,
+        0xaaaa_aaaa & !(3 << 10),
+    );
+    let spi = |intid: u32| (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | intid;
+    a.vm.set_irq_line(spi(37), true).expect("KVM_IRQ_LINE 37");
+    a.vm.set_irq_line(spi(38), true)
+        .expect("KVM_IRQ_LINE 38 high");
+    a.vm.set_irq_line(spi(38), false)
+        .expect("KVM_IRQ_LINE 38 low");
 
     let saved = save_gic(gic, &mpidrs).expect("save GIC");
     // What was set is where the state says.
@@ -358,7 +369,9 @@ fn gic_state_round_trips_into_a_new_vm() {
     assert_eq!(saved.dist.isenabler[0], 1 << 8);
     assert_eq!(saved.dist.irouter[8], 1);
     assert_eq!(saved.dist.ipriorityr[2] & 0xff, 0x80);
+    assert_eq!(saved.dist.icfgr[0], 0xaaaa_aaaa & !(3 << 10));
     assert_eq!(saved.dist.line_level[0], 1 << 5, "SPI 37's line");
+    assert_eq!(saved.dist.ispendr[0] & (1 << 6), 1 << 6, "SPI 38's edge");
     assert_eq!(saved.redists[1].isenabler0 & (1 << 27), 1 << 27);
     assert_eq!(saved.redists[1].ipriorityr[6] >> 24, 0x40);
     assert_eq!(saved.redists[0].cpu.pmr, 0xf0);
@@ -383,7 +396,7 @@ fn gic_state_round_trips_into_a_new_vm() {
 }
 
 #[test]
-fn the_counter_continues_from_the_saved_value() {
+fn kvm_state_the_counter_continues_from_the_saved_value() {
     assert!(counter::counter_frequency() > 0);
     let mut a = Vm::boot(1, 0x1_0000);
     a.load(&[
@@ -411,9 +424,10 @@ fn the_counter_continues_from_the_saved_value() {
         "both counters started together"
     );
 
-    // Restore, advanced by 10 s worth of ticks: the counters read saved + advance plus the
+    // Restore, advanced by 1000 s worth of ticks (far from the host's own count, which has
+    // run for less than the test's time limit): the counters read saved + advance plus the
     // host ticks that passed since the offset was set, never less.
-    let advance = 10 * counter::counter_frequency();
+    let advance = 1000 * counter::counter_frequency();
     let target = cnt + advance;
     let h0 = counter::host_counter();
     let (mut b, method) = a.restore(&saved, &gic, target);
@@ -441,8 +455,9 @@ fn the_counter_continues_from_the_saved_value() {
             v - target
         );
     }
+    // The offset wraps when the host has counted less than the target.
     assert!(
-        offset >= h0 - target && offset <= h1 - target,
+        offset.wrapping_sub(h0.wrapping_sub(target)) <= elapsed,
         "offset {offset:#x}"
     );
     // The guest sees its own time, not the host's.
@@ -450,7 +465,7 @@ fn the_counter_continues_from_the_saved_value() {
 }
 
 #[test]
-fn without_the_offset_timer_cnt_is_written_on_every_vcpu() {
+fn kvm_state_without_the_offset_timer_cnt_is_written_on_every_vcpu() {
     let a = Vm::boot(2, 0x1_0000);
     let target = counter::host_counter() / 3;
     let h0 = counter::host_counter();
@@ -467,7 +482,7 @@ fn without_the_offset_timer_cnt_is_written_on_every_vcpu() {
 }
 
 #[test]
-fn the_dirty_log_reports_and_clears_exactly_the_written_pages() {
+fn kvm_state_the_dirty_log_reports_and_clears_exactly_the_written_pages() {
     const PAGES: u64 = 256;
     let mut t = Vm::new(1, PAGES * PAGE, true);
     vcpu::init(&t.vm, &t.vcpus[0], true).expect("vCPU init");

@@ -205,15 +205,14 @@ pub struct GicCpuState {
     pub ap1r: Vec<u64>,
 }
 
-/// One vCPU's redistributor (its SGIs and PPIs, INTID 0 to 31) and CPU interface.
+/// One vCPU's redistributor (its SGIs and PPIs, INTID 0 to 31) and CPU interface. LPIs are
+/// not saved: this VMM creates no ITS, so the guest has none (GICR_PROPBASER and
+/// GICR_PENDBASER matter only with LPIs, and KVM rewrites their cacheability fields on write,
+/// so they would not read back as saved anyway).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GicRedistState {
     /// The MPIDR of the vCPU, which keys every attribute of it.
     pub mpidr: u64,
-    /// GICR_PROPBASER (LPIs; this VMM has no ITS, so the guest has none, but it is saved).
-    pub propbaser: u64,
-    /// GICR_PENDBASER.
-    pub pendbaser: u64,
     /// GICR_CTLR.
     pub ctlr: u32,
     /// GICR_STATUSR.

@@ -6,9 +6,9 @@
 //! vCPU's MPIDR and the register's encoding. All vCPUs must be out of KVM_RUN (KVM answers
 //! EBUSY otherwise).
 //!
-//! LPIs: this VMM creates no ITS, so the guest has no LPIs and there are no pending tables to
-//! flush (KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES) or ITS tables to save. GICR_PROPBASER and
-//! GICR_PENDBASER are saved anyway, being plain registers, and restored before GICR_CTLR.
+//! LPIs: this VMM creates no ITS, so the guest has no LPIs: there are no pending tables to
+//! flush (KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES), no ITS tables, and GICR_PROPBASER and
+//! GICR_PENDBASER are not saved (with an ITS they would be restored before GICR_CTLR).
 
 use kvm_bindings::{
     KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
@@ -62,8 +62,6 @@ const GICD_IROUTER: u32 = 0x6000;
 const GICR_CTLR: u32 = 0x0000;
 const GICR_STATUSR: u32 = 0x0010;
 const GICR_WAKER: u32 = 0x0014;
-const GICR_PROPBASER: u32 = 0x0070;
-const GICR_PENDBASER: u32 = 0x0078;
 const SGI: u32 = 0x1_0000;
 const GICR_IGROUPR0: u32 = SGI + 0x0080;
 const GICR_ISENABLER0: u32 = SGI + 0x0100;
@@ -251,22 +249,6 @@ impl Regs<'_> {
             &|| format!("{name} of MPIDR {mpidr:#x}"),
         )
     }
-    fn redist64(&self, mpidr: u64, offset: u32, name: &str) -> Result<u64, GicStateError> {
-        let lo = self.redist(mpidr, offset, name)?;
-        let hi = self.redist(mpidr, offset + 4, name)?;
-        Ok(u64::from(hi) << 32 | u64::from(lo))
-    }
-    fn set_redist64(
-        &self,
-        mpidr: u64,
-        offset: u32,
-        v: u64,
-        name: &str,
-    ) -> Result<(), GicStateError> {
-        self.set_redist(mpidr, offset, v as u32, name)?;
-        self.set_redist(mpidr, offset + 4, (v >> 32) as u32, name)
-    }
-
     // Line levels of 32 interrupts from `intid` (the vCPU matters for SGIs and PPIs).
     fn level(&self, mpidr: u64, intid: u32) -> Result<u32, GicStateError> {
         self.get32(
@@ -365,8 +347,6 @@ fn save_cpu(r: &Regs<'_>, mpidr: u64) -> Result<GicCpuState, GicStateError> {
 fn save_redist(r: &Regs<'_>, mpidr: u64) -> Result<GicRedistState, GicStateError> {
     Ok(GicRedistState {
         mpidr,
-        propbaser: r.redist64(mpidr, GICR_PROPBASER, "GICR_PROPBASER")?,
-        pendbaser: r.redist64(mpidr, GICR_PENDBASER, "GICR_PENDBASER")?,
         ctlr: r.redist(mpidr, GICR_CTLR, "GICR_CTLR")?,
         statusr: r.redist(mpidr, GICR_STATUSR, "GICR_STATUSR")?,
         waker: r.redist(mpidr, GICR_WAKER, "GICR_WAKER")?,
@@ -413,9 +393,6 @@ pub fn save_gic(gic: &GicV3, mpidrs: &[u64]) -> Result<GicState, GicStateError> 
 
 fn restore_redist(r: &Regs<'_>, s: &GicRedistState) -> Result<(), GicStateError> {
     let m = s.mpidr;
-    // LPI tables before GICR_CTLR, which could enable LPIs.
-    r.set_redist64(m, GICR_PROPBASER, s.propbaser, "GICR_PROPBASER")?;
-    r.set_redist64(m, GICR_PENDBASER, s.pendbaser, "GICR_PENDBASER")?;
     r.set_redist(m, GICR_CTLR, s.ctlr, "GICR_CTLR")?;
     r.set_redist(m, GICR_STATUSR, s.statusr, "GICR_STATUSR")?;
     r.set_redist(m, GICR_WAKER, s.waker, "GICR_WAKER")?;
