@@ -6,15 +6,22 @@
 use crate::crc64::crc64;
 use crate::snapshot::{decode_snapshot, encode_snapshot, read_snapshot, summarize};
 
+/// `data` with its last 8 bytes replaced by the checksum of the rest (for fuzz targets that
+/// want mutations to reach what the checksum guards); `None` for fewer than 8 bytes.
+pub fn with_fixed_checksum(data: &[u8]) -> Option<Vec<u8>> {
+    let body_len = data.len().checked_sub(8)?;
+    let mut fixed = data.to_vec();
+    let crc = crc64(&fixed[..body_len]);
+    fixed[body_len..].copy_from_slice(&crc.to_le_bytes());
+    Some(fixed)
+}
+
 /// A snapshot file, as it is and with its last 8 bytes replaced by the checksum of the
 /// rest, so that the checks behind the checksum (names, architecture, duplicates) are
 /// reached by more than the few inputs whose checksum the fuzzer finds.
 pub fn snapshot_file(data: &[u8]) {
     check_snapshot(data);
-    if let Some(body_len) = data.len().checked_sub(8) {
-        let mut fixed = data.to_vec();
-        let crc = crc64(&fixed[..body_len]);
-        fixed[body_len..].copy_from_slice(&crc.to_le_bytes());
+    if let Some(fixed) = with_fixed_checksum(data) {
         check_snapshot(&fixed);
     }
 }

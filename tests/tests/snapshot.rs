@@ -138,7 +138,10 @@ fn same_content(a: &Path, b: &Path) -> bool {
 }
 
 fn host(cmd: &str) {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("run sh");
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "{cmd}: {}",
@@ -186,10 +189,8 @@ struct Hold {
 }
 
 fn hold_status(g: &mut Guest) -> Hold {
-    let out = g.sh(
-        "rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
-         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status",
-    );
+    let out = g.sh("rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
+         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status");
     let line = out.last().expect("a status line").clone();
     println!("hold status: {line}");
     let field = |name: &str| {
@@ -222,7 +223,10 @@ fn connect_guest(uds: &Path, port: u32) -> UnixStream {
         if r.read_line(&mut line).is_ok() && line.starts_with("OK ") {
             return s;
         }
-        assert!(Instant::now() < deadline, "the guest listener never accepted");
+        assert!(
+            Instant::now() < deadline,
+            "the guest listener never accepted"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -236,7 +240,11 @@ fn echo(s: &mut UnixStream, text: &str) {
 
 fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
     let out = g.sh("wc -l < /mnt/grow; grep -vc '^line$' /mnt/grow");
-    let n = |i: usize| out.get(i).and_then(|l| l.trim().parse().ok()).expect("a count");
+    let n = |i: usize| {
+        out.get(i)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a count")
+    };
     (n(0), n(1))
 }
 
@@ -314,7 +322,10 @@ fn a_busy_guest_with_every_device_survives_sigkill_and_a_load() {
     let _ = knock.join();
     let _ = pinger.wait_with_output();
     create(&sock, "Full", &state, &mem);
-    assert!(same_content(&first, &mem), "guest memory changed while paused");
+    assert!(
+        same_content(&first, &mem),
+        "guest memory changed while paused"
+    );
     std::fs::remove_file(&first).expect("remove the first memory file");
     g.signal(libc::SIGKILL);
     let _ = g.wait_exit();
@@ -333,16 +344,26 @@ fn a_busy_guest_with_every_device_survives_sigkill_and_a_load() {
     let after = hold_status(&mut h);
     assert_eq!(after.sum, after.expected, "the pattern changed: {after:?}");
     assert_eq!(after.expected, before.expected);
-    assert!(!after.backwards, "CLOCK_MONOTONIC went backwards: {after:?}");
+    assert!(
+        !after.backwards,
+        "CLOCK_MONOTONIC went backwards: {after:?}"
+    );
     for (a, b) in after.counters.iter().zip(&before.counters) {
         assert!(a > b, "a counter restarted: {before:?} then {after:?}");
     }
     let (grown2, bad2) = lines_of_grow(&mut h);
-    assert!(grown2 >= grown && bad2 == 0, "{grown} then {grown2}, {bad2} bad");
+    assert!(
+        grown2 >= grown && bad2 == 0,
+        "{grown} then {grown2}, {bad2} bad"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(lines_of_grow(&mut h).0 > grown2, "the file stopped growing");
     let ping = h.sh("ping -c 2 -W 5 172.29.0.1 >/dev/null 2>&1; echo rc=$?");
-    assert_eq!(ping, vec!["rc=0".to_string()], "the guest pings the host over the tap");
+    assert_eq!(
+        ping,
+        vec!["rc=0".to_string()],
+        "the guest pings the host over the tap"
+    );
     let mut again = connect_guest(&uds2, 5000);
     echo(&mut again, "after\n");
     let rng = h.sh("dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c");

@@ -81,7 +81,11 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
             artifact("GUEST_INITRD").display()
         ),
     );
-    put(&sock, "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
+    put(
+        &sock,
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    );
     put(
         &sock,
         "/drives/data",
@@ -91,7 +95,10 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
         ),
     );
     let tap = std::process::Command::new("sh")
-        .args(["-c", "ip tuntap add dev vmtapb mode tap vnet_hdr && ip link set vmtapb up"])
+        .args([
+            "-c",
+            "ip tuntap add dev vmtapb mode tap vnet_hdr && ip link set vmtapb up",
+        ])
         .status()
         .expect("create the tap");
     assert!(tap.success());
@@ -104,7 +111,13 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
     g.wait_for("GUEST_READY");
 
     // Create while running.
-    refused(&sock, "PUT", "/snapshot/create", &create_body(&state, &mem), &["paused"]);
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        &create_body(&state, &mem),
+        &["paused"],
+    );
     assert!(!state.exists() && !mem.exists());
     let (code, _) = curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
     assert_eq!(code, 204);
@@ -140,16 +153,34 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
     let mut h = Guest::start(&["--api-sock", sock2.to_str().expect("utf-8")]);
     wait_ready(&sock2);
     let missing = dir.join("nope.state");
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&missing, &mem, ""), &["nope.state"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&missing, &mem, ""),
+        &["nope.state"],
+    );
     let bytes = std::fs::read(&state).expect("state");
     let truncated = dir.join("truncated.state");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&truncated, &mem, ""), &["truncated"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&truncated, &mem, ""),
+        &["truncated"],
+    );
     let flipped = dir.join("flipped.state");
     let mut f = bytes.clone();
     f[bytes.len() / 3] ^= 0x10;
     std::fs::write(&flipped, &f).expect("write");
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&flipped, &mem, ""), &["checksum"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&flipped, &mem, ""),
+        &["checksum"],
+    );
     let newer = dir.join("newer.state");
     with_section_version(&state, &newer, "vm", 99);
     refused(
@@ -161,7 +192,13 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
     );
     let short = dir.join("short.mem");
     std::fs::write(&short, vec![0u8; 4096]).expect("write");
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&state, &short, ""), &["short.mem", "4096"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &short, ""),
+        &["short.mem", "4096"],
+    );
     refused(
         &sock2,
         "PUT",
@@ -175,14 +212,30 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
     // A backing disk that no longer exists.
     let moved = dir.join("moved.img");
     std::fs::rename(&disk, &moved).expect("move the disk");
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&state, &mem, ""), &["data", "disk.img"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, ""),
+        &["data", "disk.img"],
+    );
     std::fs::rename(&moved, &disk).expect("put the disk back");
     assert_eq!(get_json(&sock2, "/")["state"], "Not started");
     // The good load still works in the same process.
-    put(&sock2, "/snapshot/load", &load_body(&state, &mem, r#", "resume_vm": true"#));
+    put(
+        &sock2,
+        "/snapshot/load",
+        &load_body(&state, &mem, r#", "resume_vm": true"#),
+    );
     assert_eq!(get_json(&sock2, "/")["state"], "Running");
     assert_eq!(h.sh("echo restored"), vec!["restored".to_string()]);
-    refused(&sock2, "PUT", "/snapshot/load", &load_body(&state, &mem, ""), &["fresh"]);
+    refused(
+        &sock2,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, ""),
+        &["fresh"],
+    );
     h.send("poweroff -f\n");
     let (status, stderr) = h.wait_exit();
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -211,7 +264,13 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
             disk.display()
         ),
     );
-    refused(&sock3, "PUT", "/snapshot/load", &load_body(&state, &mem, ""), &["fresh"]);
+    refused(
+        &sock3,
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, ""),
+        &["fresh"],
+    );
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "vmtapb"])
         .status();

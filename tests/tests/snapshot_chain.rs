@@ -71,10 +71,8 @@ fn boot(sock: &Path, machine: &str) -> Guest {
 
 /// The guest's `hold` checksum check and its counters, after asking for them.
 fn hold(g: &mut Guest) -> (bool, Vec<u64>) {
-    let out = g.sh(
-        "rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
-         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status",
-    );
+    let out = g.sh("rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
+         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status");
     let line = out.last().expect("a status line").clone();
     let field = |name: &str| -> String {
         line.split_whitespace()
@@ -149,7 +147,8 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
     create(&sock, "Full", &base_state, &base);
     patch_vm(&sock, "Resumed");
     // Dirty 1 MiB the guest can check later.
-    let sum = g.sh("dd if=/dev/urandom of=/tmp/new bs=4096 count=256 2>/dev/null; sha256sum /tmp/new");
+    let sum =
+        g.sh("dd if=/dev/urandom of=/tmp/new bs=4096 count=256 2>/dev/null; sha256sum /tmp/new");
     let before = sum.first().expect("a checksum").clone();
     patch_vm(&sock, "Paused");
     let (diff_state, diff) = (dir.join("diff.state"), dir.join("diff.mem"));
@@ -161,8 +160,14 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
     let (d, b) = (allocated(&diff), allocated(&base));
     println!("full memory file: {b} bytes allocated; diff: {d}");
     assert!(b >= 64 << 20, "the base holds the pattern: {b}");
-    assert!(d >= 1 << 20, "the diff holds at least the 1 MiB written: {d}");
-    assert!(d < 24 << 20, "the diff holds more than the dirtied pages: {d}");
+    assert!(
+        d >= 1 << 20,
+        "the diff holds at least the 1 MiB written: {d}"
+    );
+    assert!(
+        d < 24 << 20,
+        "the diff holds more than the dirtied pages: {d}"
+    );
 
     let out = Command::new(vmm_bin())
         .args(["snapshot", "rebase", "--memory-path"])
@@ -176,7 +181,12 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (mut h, _) = load("diff-b", &diff_state, &base, r#", "track_dirty_pages": true"#);
+    let (mut h, _) = load(
+        "diff-b",
+        &diff_state,
+        &base,
+        r#", "track_dirty_pages": true"#,
+    );
     let (ok, _) = hold(&mut h);
     assert!(ok, "the pattern is intact after base + diff");
     assert_eq!(h.sh("sha256sum /tmp/new"), vec![before]);

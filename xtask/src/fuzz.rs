@@ -28,6 +28,7 @@ pub const TARGETS: &[&str] = &[
     "config_file",
     "kernel_image",
     "snapshot_file",
+    "snapshot_state",
 ];
 
 /// How long each target runs.

@@ -348,6 +348,11 @@ pub fn build(
         vcpus.push(vcpu);
     }
     let gic = GicV3::create(&vm)?;
+    // Both guest counters start at zero, so that a restore, which sets them both to the
+    // saved virtual count, moves neither backwards.
+    let refs: Vec<&VcpuFd> = vcpus.iter().collect();
+    arch::kvm::counter::restore_guest_counter(&vm, &refs, 0)
+        .map_err(|e| BuildError::Device(format!("guest counter: {e}")))?;
 
     let (mut bus, serial, rtc, boot_timer) = legacy_devices(&vm, console, cfg.boot_timer, start)?;
     let virtio = virtio_devices(cfg, &vm, ram.guest(), &mut bus)?;

@@ -80,8 +80,12 @@ pub fn hold(mib: u64) -> Result<()> {
         }
     });
     let expected = checksum(&mem);
-    let counters: &'static [AtomicU64] =
-        Box::leak((0..cpus).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into_boxed_slice());
+    let counters: &'static [AtomicU64] = Box::leak(
+        (0..cpus)
+            .map(|_| AtomicU64::new(0))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
     for (cpu, c) in counters.iter().enumerate() {
         std::thread::spawn(move || {
             pin(cpu);
