@@ -102,6 +102,7 @@ fn ten_snapshot_load_cycles_in_a_chain() {
     for cycle in 1..=10 {
         // Each generation leaves a mark that the next must find.
         g.sh(&format!("echo {cycle} >> /tmp/cycle"));
+        let up_before = uptime(&mut g);
         patch_vm(&sock, "Paused");
         let (state, mem) = (dir.join(format!("s{cycle}")), dir.join(format!("m{cycle}")));
         create(&sock, "Full", &state, &mem);
@@ -110,8 +111,29 @@ fn ten_snapshot_load_cycles_in_a_chain() {
         if cycle > 1 {
             let _ = std::fs::remove_file(dir.join(format!("m{}", cycle - 1)));
         }
-        let (next, s) = load(&format!("chain-{cycle}"), &state, &mem, "");
+        // The last two cycles wait 8 s between snapshot and load: without clock_realtime
+        // the guest's clock continues from the snapshot, with it the clock moves on by the
+        // time that passed.
+        let realtime = cycle == 10;
+        if cycle >= 9 {
+            std::thread::sleep(Duration::from_secs(8));
+        }
+        let extra = if realtime { r#", "clock_realtime": true"# } else { "" };
+        let (next, s) = load(&format!("chain-{cycle}"), &state, &mem, extra);
         (g, sock) = (next, s);
+        let up_after = uptime(&mut g);
+        if cycle == 9 {
+            assert!(
+                up_after - up_before < 8.0,
+                "the clock jumped without clock_realtime: {up_before} -> {up_after}"
+            );
+        }
+        if realtime {
+            assert!(
+                up_after - up_before >= 8.0,
+                "clock_realtime did not move the clock on: {up_before} -> {up_after}"
+            );
+        }
         let marks = g.sh("tr '\\n' ' ' < /tmp/cycle");
         let want: Vec<String> = (0..=cycle).map(|c| c.to_string()).collect();
         assert_eq!(marks, vec![want.join(" ") + " "], "cycle {cycle}");
@@ -126,6 +148,14 @@ fn ten_snapshot_load_cycles_in_a_chain() {
     g.send("poweroff -f\n");
     let (status, stderr) = g.wait_exit();
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+/// The guest's CLOCK_BOOTTIME in seconds (`/proc/uptime`).
+fn uptime(g: &mut Guest) -> f64 {
+    let out = g.sh("cut -d' ' -f1 /proc/uptime");
+    out.first()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("an uptime")
 }
 
 fn allocated(p: &Path) -> u64 {

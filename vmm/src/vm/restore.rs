@@ -118,6 +118,9 @@ pub fn restore(
             path: req.snapshot_path.clone(),
             source,
         })?;
+    // Every section is decoded before anything is built: a missing, unknown, malformed or
+    // newer one is refused here, with nothing created.
+    crate::persist::decode::decode_all(sections.clone())?;
     let state: VmState = sections.take_decoded(VM_SECTION)?;
     if state.gic_version != 3 {
         return Err(RestoreError::Host(format!(
