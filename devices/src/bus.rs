@@ -3,8 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// A device reachable through MMIO. Offsets are relative to the device's base.
-pub trait MmioDevice: Send {
+use migration::{Section, StateError, Stateful};
+
+/// A device reachable through MMIO. Offsets are relative to the device's base. Every one
+/// can be saved and restored (`Stateful` has no default methods), so a snapshot cannot
+/// leave a device on the bus out.
+pub trait MmioDevice: Send + Stateful {
     /// Handles a guest read; `data.len()` is the access width.
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Handles a guest write.
@@ -102,6 +106,30 @@ impl MmioBus {
             None => false,
         }
     }
+
+    /// Saves every device on the bus, each under the name `name_of` gives its base address.
+    /// A device `name_of` has no name for is an error naming its address: nothing on the bus
+    /// is left out of a snapshot silently.
+    pub fn save_all(
+        &self,
+        name_of: impl Fn(u64) -> Option<String>,
+    ) -> Result<Vec<Section>, StateError> {
+        self.devices
+            .iter()
+            .map(|(base, (_, dev))| {
+                let name = name_of(*base).ok_or_else(|| StateError::Unsaveable {
+                    name: format!("the MMIO device at {base:#x}"),
+                    reason: "the VMM has no section name for it".into(),
+                })?;
+                let mut s = dev
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .save()?;
+                s.name = name;
+                Ok(s)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +148,37 @@ mod tests {
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.last.push((offset, data.to_vec()));
         }
+    }
+
+    impl Stateful for Echo {
+        fn save(&self) -> Result<Section, StateError> {
+            Ok(Section {
+                name: "echo".into(),
+                version: 1,
+                data: vec![self.last.len() as u8],
+            })
+        }
+        fn restore(&mut self, _: &Section) -> Result<(), StateError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_device_is_saved_and_one_without_a_name_is_named() {
+        let mut bus = MmioBus::new();
+        bus.insert(0x1000, 0x100, Arc::new(Mutex::new(Echo::default())))
+            .unwrap();
+        bus.insert(0x2000, 0x100, Arc::new(Mutex::new(Echo::default())))
+            .unwrap();
+        let saved = bus
+            .save_all(|base| Some(format!("dev{base:x}")))
+            .unwrap();
+        let names: Vec<&str> = saved.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["dev1000", "dev2000"]);
+        let e = bus
+            .save_all(|base| (base == 0x1000).then(|| "one".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("0x2000"), "{e}");
     }
 
     #[test]

@@ -7,9 +7,10 @@
 use std::path::Path;
 
 use arch::kvm::{counter, dirty_log, gic_state, vcpu_state};
+use arch::layout::{BOOT_TIMER_BASE, RTC_BASE, SERIAL_BASE, virtio_mmio_addr};
 use migration::snapshot::write_snapshot_file;
 use migration::state::encode;
-use migration::{Section, SectionSet, StateError, Stateful};
+use migration::{Section, SectionSet, StateError};
 
 use super::{
     BOOT_TIMER_SECTION, GIC_SECTION, RTC_SECTION, SERIAL_SECTION, SavedConfig, VM_SECTION, VmState,
@@ -99,15 +100,26 @@ pub fn collect(vm: &RunningVm, cfg: &VmConfig) -> Result<SectionSet, CreateError
     }
     let gic = gic_state::save_gic(&built.gic, &built.mpidrs)?;
     sections.push(encode(GIC_SECTION, &gic)?)?;
-    sections.push(named(lock(&built.serial).save()?, SERIAL_SECTION))?;
-    sections.push(named(lock(&built.rtc).save()?, RTC_SECTION))?;
-    if let Some(t) = &built.boot_timer {
-        sections.push(named(lock(t).save()?, BOOT_TIMER_SECTION))?;
+    // Every device on the bus, by its address: one the VMM has no name for fails the
+    // snapshot, naming its address.
+    let name_of = |base: u64| -> Option<String> {
+        match base {
+            SERIAL_BASE => Some(SERIAL_SECTION.into()),
+            RTC_BASE => Some(RTC_SECTION.into()),
+            BOOT_TIMER_BASE => Some(BOOT_TIMER_SECTION.into()),
+            _ => built
+                .virtio
+                .iter()
+                .enumerate()
+                .find(|(slot, _)| virtio_mmio_addr(*slot as u32) == base)
+                .map(|(_, (id, _))| transport_section(id)),
+        }
+    };
+    for s in built.bus.save_all(name_of)? {
+        sections.push(s)?;
     }
     for (id, t) in &built.virtio {
-        let t = lock(t);
-        sections.push(named(t.save()?, transport_section(id)))?;
-        sections.push(named(t.device().save()?, device_section(id)))?;
+        sections.push(named(lock(t).device().save()?, device_section(id)))?;
     }
     Ok(sections)
 }
