@@ -170,9 +170,7 @@ mod tests {
             .unwrap();
         bus.insert(0x2000, 0x100, Arc::new(Mutex::new(Echo::default())))
             .unwrap();
-        let saved = bus
-            .save_all(|base| Some(format!("dev{base:x}")))
-            .unwrap();
+        let saved = bus.save_all(|base| Some(format!("dev{base:x}"))).unwrap();
         let names: Vec<&str> = saved.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["dev1000", "dev2000"]);
         let e = bus

@@ -5,60 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmm_tests::api::{curl, get_json, socket_path, wait_ready};
+use vmm_tests::api::{get_json, socket_path, wait_ready};
 use vmm_tests::guest::{Guest, PATIENCE, artifact};
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vmm-snap-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-fn put(sock: &Path, path: &str, body: &str) {
-    let (code, text) = curl(sock, "PUT", path, Some(body));
-    assert_eq!(code, 204, "PUT {path} {body}: {text}");
-}
-
-fn patch_vm(sock: &Path, state: &str) {
-    let (code, text) = curl(
-        sock,
-        "PATCH",
-        "/vm",
-        Some(&format!(r#"{{"state": "{state}"}}"#)),
-    );
-    assert_eq!(code, 204, "PATCH /vm {state}: {text}");
-}
-
-/// Boots the standard guest through the API.
-fn boot(sock: &Path, vcpus: u32, mem_mib: u32, extra: &[(&str, String)]) -> Guest {
-    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
-    wait_ready(sock);
-    put(
-        sock,
-        "/boot-source",
-        &format!(
-            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 rdinit=/init"}}"#,
-            artifact("GUEST_KERNEL").display(),
-            artifact("GUEST_INITRD").display()
-        ),
-    );
-    put(
-        sock,
-        "/machine-config",
-        &format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": {mem_mib}}}"#),
-    );
-    for (path, body) in extra {
-        put(sock, path, body);
-    }
-    put(sock, "/actions", r#"{"action_type": "InstanceStart"}"#);
-    g.wait_for("GUEST_READY");
-    g
-}
+use vmm_tests::snap::{boot, create, hold_status, load, patch_vm, put, scratch};
 
 /// The highest `tick-N` the console has shown, after collecting for `within`.
 fn last_tick(g: &mut Guest, within: Duration) -> Option<u64> {
@@ -74,7 +27,7 @@ fn a_guest_carries_on_in_a_new_process_after_sigkill() {
     let dir = scratch("basic");
     let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
     let sock = socket_path("snap-a");
-    let mut g = boot(&sock, 2, 256, &[]);
+    let mut g = boot(&sock, r#"{"vcpu_count": 2, "mem_size_mib": 256}"#, &[]);
     g.send("(i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done) &\n");
     assert!(g.wait_quiet("tick-3", Duration::from_secs(120)).is_some());
     patch_vm(&sock, "Paused");
@@ -149,67 +102,6 @@ fn host(cmd: &str) {
     );
 }
 
-fn create(sock: &Path, kind: &str, state: &Path, mem: &Path) {
-    put(
-        sock,
-        "/snapshot/create",
-        &format!(
-            r#"{{"snapshot_type": "{kind}", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-            state.display(),
-            mem.display()
-        ),
-    );
-}
-
-/// Starts a fresh vmm and loads the snapshot into it; `extra` adds fields to the load body.
-fn load(tag: &str, state: &Path, mem: &Path, extra: &str) -> (Guest, PathBuf) {
-    let sock = socket_path(tag);
-    let g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
-    wait_ready(&sock);
-    put(
-        &sock,
-        "/snapshot/load",
-        &format!(
-            r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true{extra}}}"#,
-            state.display(),
-            mem.display()
-        ),
-    );
-    (g, sock)
-}
-
-/// The `hold` workload's status: per-CPU counters, whether the monotonic clock went back,
-/// the memory's checksum now, and right after the fill.
-#[derive(Debug)]
-struct Hold {
-    counters: Vec<u64>,
-    backwards: bool,
-    sum: String,
-    expected: String,
-}
-
-fn hold_status(g: &mut Guest) -> Hold {
-    let out = g.sh("rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
-         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status");
-    let line = out.last().expect("a status line").clone();
-    println!("hold status: {line}");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-            .expect("every field in the status line")
-    };
-    Hold {
-        counters: field("counters")
-            .split(',')
-            .map(|c| c.parse().expect("a counter"))
-            .collect(),
-        backwards: field("backwards") != "0",
-        sum: field("sum"),
-        expected: field("expected"),
-    }
-}
-
 /// Connects through the hybrid socket to the guest's `port`.
 fn connect_guest(uds: &Path, port: u32) -> UnixStream {
     let deadline = Instant::now() + PATIENCE;
@@ -261,8 +153,7 @@ fn a_busy_guest_with_every_device_survives_sigkill_and_a_load() {
     let sock = socket_path("snap-full");
     let mut g = boot(
         &sock,
-        2,
-        512,
+        r#"{"vcpu_count": 2, "mem_size_mib": 512}"#,
         &[
             (
                 "/drives/data",

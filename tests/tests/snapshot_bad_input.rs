@@ -2,24 +2,13 @@
 //! leaves the process answering, and changes nothing, so a good request afterwards works.
 #![cfg(target_arch = "aarch64")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use migration::SectionSet;
 use migration::snapshot::{decode_snapshot, encode_snapshot};
 use vmm_tests::api::{curl, get_json, socket_path, wait_ready};
 use vmm_tests::guest::{Guest, artifact};
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vmm-badsnap-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-fn put(sock: &Path, path: &str, body: &str) {
-    let (code, text) = curl(sock, "PUT", path, Some(body));
-    assert_eq!(code, 204, "PUT {path} {body}: {text}");
-}
+use vmm_tests::snap::{create_body, load_body, put, scratch};
 
 /// A request that must be refused with a message containing every one of `want`.
 fn refused(sock: &Path, method: &str, path: &str, body: &str, want: &[&str]) {
@@ -32,22 +21,6 @@ fn refused(sock: &Path, method: &str, path: &str, body: &str, want: &[&str]) {
     for w in want {
         assert!(msg.contains(w), "{path}: {msg:?} does not name {w:?}");
     }
-}
-
-fn create_body(state: &Path, mem: &Path) -> String {
-    format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        state.display(),
-        mem.display()
-    )
-}
-
-fn load_body(state: &Path, mem: &Path, extra: &str) -> String {
-    format!(
-        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}{extra}}}"#,
-        state.display(),
-        mem.display()
-    )
 }
 
 /// Rewrites a state file with section `name`'s version set to `version`.
@@ -115,7 +88,7 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
         &sock,
         "PUT",
         "/snapshot/create",
-        &create_body(&state, &mem),
+        &create_body("Full", &state, &mem),
         &["paused"],
     );
     assert!(!state.exists() && !mem.exists());
@@ -127,7 +100,7 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
         &sock,
         "PUT",
         "/snapshot/create",
-        &create_body(&nowhere, &mem),
+        &create_body("Full", &nowhere, &mem),
         &["missing-dir"],
     );
     assert!(!nowhere.exists());
@@ -136,11 +109,15 @@ fn bad_snapshot_requests_are_refused_and_change_nothing() {
         &sock,
         "PUT",
         "/snapshot/create",
-        &create_body(&state, &bad_mem),
+        &create_body("Full", &state, &bad_mem),
         &["missing-dir"],
     );
     assert!(!state.exists(), "a state file without its memory file");
-    put(&sock, "/snapshot/create", &create_body(&state, &mem));
+    put(
+        &sock,
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
+    );
     // The source still answers and resumes.
     let (code, _) = curl(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
     assert_eq!(code, 204);

@@ -4,95 +4,25 @@
 #![cfg(target_arch = "aarch64")]
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::api::{curl, socket_path, wait_ready};
-use vmm_tests::guest::{Guest, artifact, vmm_bin};
+use vmm_tests::api::socket_path;
+use vmm_tests::guest::{Guest, vmm_bin};
+use vmm_tests::snap::{boot, create, hold_status, load, patch_vm, scratch};
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vmm-chain-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-fn put(sock: &Path, path: &str, body: &str) {
-    let (code, text) = curl(sock, "PUT", path, Some(body));
-    assert_eq!(code, 204, "PUT {path} {body}: {text}");
-}
-
-fn patch_vm(sock: &Path, state: &str) {
-    let body = format!(r#"{{"state": "{state}"}}"#);
-    let (code, text) = curl(sock, "PATCH", "/vm", Some(&body));
-    assert_eq!(code, 204, "PATCH /vm {state}: {text}");
-}
-
-fn create(sock: &Path, kind: &str, state: &Path, mem: &Path) {
-    let body = format!(
-        r#"{{"snapshot_type": "{kind}", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        state.display(),
-        mem.display()
-    );
-    put(sock, "/snapshot/create", &body);
-}
-
-fn load(tag: &str, state: &Path, mem: &Path, extra: &str) -> (Guest, PathBuf) {
-    let sock = socket_path(tag);
-    let g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
-    wait_ready(&sock);
-    let body = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true{extra}}}"#,
-        state.display(),
-        mem.display()
-    );
-    put(&sock, "/snapshot/load", &body);
-    (g, sock)
-}
-
-fn boot(sock: &Path, machine: &str) -> Guest {
-    let mut g = Guest::start(&["--api-sock", sock.to_str().expect("utf-8")]);
-    wait_ready(sock);
-    put(
-        sock,
-        "/boot-source",
-        &format!(
-            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "console=ttyS0 rdinit=/init"}}"#,
-            artifact("GUEST_KERNEL").display(),
-            artifact("GUEST_INITRD").display()
-        ),
-    );
-    put(sock, "/machine-config", machine);
-    put(sock, "/actions", r#"{"action_type": "InstanceStart"}"#);
-    g.wait_for("GUEST_READY");
-    g
-}
-
-/// The guest's `hold` checksum check and its counters, after asking for them.
+/// Whether the guest's `hold` pattern and clock are intact, and its counters.
 fn hold(g: &mut Guest) -> (bool, Vec<u64>) {
-    let out = g.sh("rm -f /tmp/hold.status; kill -USR1 $(cat /tmp/hold.pid); \
-         while [ ! -e /tmp/hold.status ]; do sleep 0.2; done; cat /tmp/hold.status");
-    let line = out.last().expect("a status line").clone();
-    let field = |name: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-            .expect("every field")
-    };
-    let ok = field("sum") == field("expected") && field("backwards") == "0";
-    let counters = field("counters")
-        .split(',')
-        .map(|c| c.parse().expect("a counter"))
-        .collect();
-    (ok, counters)
+    let h = hold_status(g);
+    (h.ok(), h.counters)
 }
 
 #[test]
 fn ten_snapshot_load_cycles_in_a_chain() {
     let dir = scratch("ten");
     let sock = socket_path("chain-0");
-    let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#);
+    let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#, &[]);
     g.send("vmm-guest-tool hold 16 &\n");
     g.wait_for("HOLD_READY");
     g.sh("echo 0 > /tmp/cycle");
@@ -118,7 +48,11 @@ fn ten_snapshot_load_cycles_in_a_chain() {
         if cycle >= 9 {
             std::thread::sleep(Duration::from_secs(8));
         }
-        let extra = if realtime { r#", "clock_realtime": true"# } else { "" };
+        let extra = if realtime {
+            r#", "clock_realtime": true"#
+        } else {
+            ""
+        };
         let (next, s) = load(&format!("chain-{cycle}"), &state, &mem, extra);
         (g, sock) = (next, s);
         let up_after = uptime(&mut g);
@@ -169,6 +103,7 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
     let mut g = boot(
         &sock,
         r#"{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}"#,
+        &[],
     );
     g.send("vmm-guest-tool hold 64 &\n");
     g.wait_for("HOLD_READY");
