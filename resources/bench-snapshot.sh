@@ -83,8 +83,13 @@ rss_split() {
         END { if (found) printf "overhead_kib=%d guest_rss_kib=%d", other, guest; else printf "overhead_kib= guest_rss_kib=" }' "/proc/$1/smaps"
 }
 
-# file_sizes PATH: "<bytes> <allocated bytes>", or nothing.
-file_sizes() { stat -c '%s %b %B' "$1" 2>/dev/null | awk '{ printf "%d %d", $1, $2 * $3 }'; }
+# file_sizes PATH: "<bytes> <allocated bytes>", or nothing. (Not with awk: busybox awk's %d
+# stops at 2^31 - 1.)
+file_sizes() {
+    local size blocks unit
+    read -r size blocks unit <<< "$(stat -c '%s %b %B' "$1" 2>/dev/null)"
+    [ -n "$unit" ] && echo "$size $((blocks * unit))"
+}
 
 # metric FILE NAME: the last value of a metric in vmm's metrics file.
 metric() { grep -o "\"$2\": *[0-9]*" "$1" 2>/dev/null | tail -1 | grep -o '[0-9]*$'; }
@@ -166,6 +171,7 @@ snap_vmm() {
 # socat reads (no process started per command, so a command's time starts when it is sent),
 # and the answers are appended to /tmp/mon.out.
 mon_open() {
+    MON_PID=""
     rm -f /tmp/mon.in
     : > /tmp/mon.out
     mkfifo /tmp/mon.in
@@ -176,8 +182,10 @@ mon_open() {
 }
 
 mon_close() {
+    [ -n "${MON_PID:-}" ] || return 0
     exec {MON}>&-
     wait "$MON_PID" 2>/dev/null
+    MON_PID=""
 }
 
 mon() { printf '%s\n' "$1" >&"$MON"; }
@@ -233,8 +241,8 @@ snap_qemu() {
             local t0=${EPOCHREALTIME/./}
             mon 'migrate_incoming "exec:/tmp/qcat.sh"'
             # The monitor does not answer while the stream loads; the source was paused, so
-            # the guest comes up paused, and `cont` runs it.
-            if mon_until 'VM status: paused' 'info status'; then
+            # the guest comes up paused (not "paused (inmigrate)"), and `cont` runs it.
+            if mon_until 'VM status: paused[^(]*$' 'info status'; then
                 local end
                 end=$(cat /tmp/qend 2>/dev/null)
                 [ -n "$end" ] && load_us=$((end - t0))
@@ -250,10 +258,10 @@ snap_qemu() {
                 fi
             fi
             rss=$(rss_split "$pid" $((mib * 1024)))
-            mon_close
         fi
         stop_console "$in" "$out" "$pid"
         rc=$STOP_RC
+        mon_close
     fi
     [ -n "$rc" ] || { say "QEMU ${mib} MiB: no migration file"; tail -5 /tmp/q.err; rc=1; }
     echo "BENCH snap-qemu-$mib $run create_us=$create_us file_bytes=$file_bytes" \

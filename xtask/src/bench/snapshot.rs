@@ -22,6 +22,14 @@ fn bytes(v: Option<f64>) -> String {
         .unwrap_or_else(|| MISSING.into())
 }
 
+/// A ratio with three decimals, for ratios far below 1.
+fn ratio3(p: (Option<f64>, Option<f64>)) -> String {
+    match p {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.3}", a / b),
+        _ => MISSING.into(),
+    }
+}
+
 /// Prints the table; returns its medians for the JSON.
 pub fn table(s: &Samples) -> serde_json::Value {
     let v = |size: u32, key: &str| get(s, &format!("snap-vmm-{size}"), key);
@@ -130,8 +138,8 @@ pub fn table(s: &Samples) -> serde_json::Value {
     );
     println!(
         "| load, vmm / QEMU | {} | {} | | | | <= 0.1 |",
-        ratio((v(512, "load_us"), q(512, "load_us"))),
-        ratio((v(2048, "load_us"), q(2048, "load_us")))
+        ratio3((v(512, "load_us"), q(512, "load_us"))),
+        ratio3((v(2048, "load_us"), q(2048, "load_us")))
     );
     println!(
         "| load, 2 GiB / 512 MiB | | {} | | {} | | <= 1.2 (vmm) |",
@@ -147,7 +155,7 @@ pub fn table(s: &Samples) -> serde_json::Value {
         "",
     );
     row(
-        "first console answer after the load returned (QEMU: after cont)",
+        "first console answer after the load returned (QEMU: after the monitor showed it running)",
         "answer_us",
         Some("answer_us"),
         &ms,
