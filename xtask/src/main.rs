@@ -110,7 +110,8 @@ enum Task {
         #[command(flatten)]
         machine: Machine,
     },
-    /// Boot benchmarks inside an emulated host with -icount, against Debian's arm64 QEMU.
+    /// Boot, device and snapshot benchmarks inside emulated hosts with -icount, against Debian's
+    /// arm64 QEMU (and, for snapshots, Firecracker's figures from the same setup).
     ///
     /// Prints a table, writes target/bench/boot.json, and fails if a target is missed.
     Bench {
