@@ -2,7 +2,10 @@
 //! on the same kernel and initramfs, inside one emulated host running with -icount so the
 //! figures repeat. Absolute times under emulation mean little; the ratios and bytes are the
 //! point. Targets: VMM overhead at most 5 MiB, and the VMM's own setup at most 10% of boot;
-//! devices no worse than QEMU's, which must be virtio 1.x like vmm's.
+//! devices no worse than QEMU's, which must be virtio 1.x like vmm's. The snapshot phase
+//! (`bench/snapshot.rs`, `resources/bench-snapshot.sh`) runs in a host of its own, a
+//! neoverse-n1 like the one Firecracker's snapshot figures were measured in, and is judged
+//! against those figures and QEMU's in the same run.
 //!
 //! A figure a target needs that was not measured in every run (a VMM that did not boot, a
 //! guest command that printed nothing, a value that is not a number) is printed as missing,
@@ -19,10 +22,12 @@ use crate::cache::Cache;
 use crate::qemu::{self, HostSpec};
 
 mod judge;
+mod snapshot;
 
 use judge::{
-    OVERHEAD_TARGET_KIB, PEAK_EXCESS_TARGET_KIB, SETUP_SHARE_TARGET, Samples, Verdict, get, judge,
-    parse,
+    OVERHEAD_TARGET_KIB, PEAK_EXCESS_TARGET_KIB, SETUP_SHARE_TARGET, SNAP_ALLOC_OVER_NONZERO,
+    SNAP_CREATE_TARGET_US, SNAP_LOAD_GROWTH, SNAP_LOAD_QEMU_SHARE, SNAP_OVERHEAD_TARGET_KIB,
+    Samples, Verdict, get, judge, parse,
 };
 
 const MISSING: &str = "missing";
@@ -60,42 +65,45 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         0o755,
     ));
     crate::add_guest_tool(&mut payload, &art)?;
+    // The same tool in the host, where the snapshot phase counts a memory file's non-zero pages.
+    payload.files.push((
+        "usr/local/bin/vmm-guest-tool".into(),
+        crate::cross::build_test_bin("vmm-guest-tool")?,
+        0o755,
+    ));
     payload.env.push(("BENCH_RUNS".into(), runs.to_string()));
-    payload.env.push(("BENCH_ONLY".into(), only.join(",")));
-    let spec = HostSpec {
-        name: "bench".into(),
-        cpu: "max".into(),
-        cntfrq: None,
-        smp: 2,
-        mem_mib: 3072,
-        icount: true,
-        timeout,
-        link: None,
-        forwards: Vec::new(),
-    };
+    // The snapshot phase runs in a host of its own, of the CPU model Firecracker's snapshot
+    // figures were measured on, so that the constants it is judged against compare.
+    let base: Vec<String> = only.iter().filter(|p| *p != "snapshot").cloned().collect();
     let mut lines = Vec::new();
-    let mut sink = |l: &str| {
-        if l.starts_with("BENCH ") {
-            println!("{l}");
-        }
-        lines.push(l.to_string());
-    };
-    let out = qemu::run(
-        &spec,
-        &art,
-        &payload,
-        include_str!("../../resources/bench.sh"),
-        &mut sink,
-    )?;
-    if out.status != 0 {
-        for l in lines.iter().rev().take(30).rev() {
-            eprintln!("{l}");
-        }
-        bail!("the benchmark script failed with status {}", out.status);
+    if only.is_empty() || !base.is_empty() {
+        let spec = host_spec("bench", "max", timeout);
+        let mut p = payload.clone();
+        p.env.push(("BENCH_ONLY".into(), base.join(",")));
+        run_host(
+            &spec,
+            &art,
+            &p,
+            include_str!("../../resources/bench.sh"),
+            &mut lines,
+        )?;
+    }
+    if phase("snapshot") {
+        let spec = host_spec("bench-snapshot", "neoverse-n1", timeout);
+        run_host(
+            &spec,
+            &art,
+            &payload,
+            include_str!("../../resources/bench-snapshot.sh"),
+            &mut lines,
+        )?;
     }
     let s = parse(&lines);
     if phase("boot") && !s.contains_key("vmm") {
         bail!("the benchmark produced no vmm figures");
+    }
+    if phase("snapshot") && !s.contains_key("snap-vmm-512") {
+        bail!("the snapshot benchmark produced no vmm figures");
     }
     let failed_runs: Vec<&String> = lines
         .iter()
@@ -119,6 +127,11 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         serde_json::Value::Null
     };
     let streams = stream_table(&s, &phase);
+    let snapshot = if phase("snapshot") {
+        snapshot::table(&s)
+    } else {
+        serde_json::Value::Null
+    };
 
     let judged = judge(&s, phase);
     let dir = crate::workspace_root().join("target/bench");
@@ -143,9 +156,13 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
             "block": block,
             "streams": streams,
             "vmm-api": api_median,
+            "snapshot": snapshot,
         },
         "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "peak_excess_kib_max": PEAK_EXCESS_TARGET_KIB,
-                    "setup_share_max": SETUP_SHARE_TARGET},
+                    "setup_share_max": SETUP_SHARE_TARGET,
+                    "snapshot": {"create_us_max": SNAP_CREATE_TARGET_US, "overhead_kib_max": SNAP_OVERHEAD_TARGET_KIB,
+                                 "load_us_max": judge::firecracker::LOAD_US_512, "load_qemu_share_max": SNAP_LOAD_QEMU_SHARE,
+                                 "load_growth_max": SNAP_LOAD_GROWTH, "alloc_over_nonzero_max": SNAP_ALLOC_OVER_NONZERO}},
         "verdicts": verdicts,
     });
     let path = dir.join("boot.json");
@@ -187,6 +204,51 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         println!("TARGETS NOT MEASURED: {}", missing.join("; "));
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// The emulated host a part of the benchmark runs in.
+fn host_spec(name: &str, cpu: &str, timeout: Duration) -> HostSpec {
+    HostSpec {
+        name: name.into(),
+        cpu: cpu.into(),
+        cntfrq: None,
+        smp: 2,
+        mem_mib: 3072,
+        icount: true,
+        timeout,
+        link: None,
+        forwards: Vec::new(),
+    }
+}
+
+/// Runs a benchmark script in a host; appends its console lines to `lines`, printing the
+/// `BENCH` ones.
+fn run_host(
+    spec: &HostSpec,
+    art: &artifacts::Artifacts,
+    payload: &qemu::Payload,
+    script: &str,
+    lines: &mut Vec<String>,
+) -> Result<()> {
+    let start = lines.len();
+    let mut sink = |l: &str| {
+        if l.starts_with("BENCH ") {
+            println!("{l}");
+        }
+        lines.push(l.to_string());
+    };
+    let out = qemu::run(spec, art, payload, script, &mut sink)?;
+    if out.status != 0 {
+        for l in lines[start..].iter().rev().take(30).rev() {
+            eprintln!("{l}");
+        }
+        bail!(
+            "the benchmark script in host {} failed with status {}",
+            spec.name,
+            out.status
+        );
+    }
+    Ok(())
 }
 
 fn ratio(p: (Option<f64>, Option<f64>)) -> String {
@@ -471,5 +533,26 @@ mod tests {
         assert_eq!(script.matches("\"${qemu[@]}\"").count(), 4);
         // Nothing not measured turns into a 0.
         assert!(!script.contains(":-0}"), "a missing figure defaults to 0");
+    }
+
+    #[test]
+    fn the_snapshot_phase_runs_the_same_qemu_and_prints_missing_figures_empty() {
+        let def = |script: &str| {
+            script
+                .lines()
+                .skip_while(|l| !l.starts_with("qemu=("))
+                .take(2)
+                .collect::<String>()
+        };
+        let snap = include_str!("../../resources/bench-snapshot.sh");
+        assert_eq!(def(snap), def(include_str!("../../resources/bench.sh")));
+        assert!(!snap.contains(":-0}"), "a missing figure defaults to 0");
+        // Every figure of each BENCH line is printed from a variable that starts empty.
+        for who in ["snap-vmm-", "snap-qemu-"] {
+            assert!(
+                snap.contains(&format!("echo \"BENCH {who}$mib $run ")),
+                "{who}"
+            );
+        }
     }
 }

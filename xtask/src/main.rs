@@ -110,7 +110,8 @@ enum Task {
         #[command(flatten)]
         machine: Machine,
     },
-    /// Boot benchmarks inside an emulated host with -icount, against Debian's arm64 QEMU.
+    /// Boot, device and snapshot benchmarks inside emulated hosts with -icount, against Debian's
+    /// arm64 QEMU (and, for snapshots, Firecracker's figures from the same setup).
     ///
     /// Prints a table, writes target/bench/boot.json, and fails if a target is missed.
     Bench {
@@ -120,9 +121,9 @@ enum Task {
         /// Time limit in seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
-        /// Run only these phases (comma-separated: boot, blk, net, vsock); only their targets
+        /// Run only these phases (comma-separated: boot, blk, net, vsock, snapshot); only their targets
         /// are judged.
-        #[arg(long, value_delimiter = ',', value_parser = ["boot", "blk", "net", "vsock"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["boot", "blk", "net", "vsock", "snapshot"])]
         only: Vec<String>,
     },
     /// Fuzz the API with schemathesis from docs/api/openapi.json against the real server in

@@ -9,10 +9,16 @@
 //! - `seqread DEV MIB` / `seqwrite DEV MIB`: 1 MiB O_DIRECT requests (writes end with fsync);
 //!   prints `SEQREAD_MIBS` / `SEQWRITE_MIBS`.
 //! - `hold MIB`: the snapshot tests' workload (see `hold.rs`).
+//! - `touch MIB`: fills MIB MiB of anonymous memory with a non-zero pattern (every 8 bytes
+//!   differ), prints `TOUCHED <MIB>`, and sleeps with it resident until killed.
+//! - `nonzero FILE`: counts the 4 KiB pages of FILE that hold a byte other than zero (holes,
+//!   found with SEEK_DATA/SEEK_HOLE, are zero by definition and are not read) and prints
+//!   `NONZERO_PAGES <n>`. The benchmark runs it in the host on a snapshot's memory file.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 #[path = "guest_tool/hold.rs"]
@@ -249,6 +255,91 @@ fn seq(dev: &str, mib: u64, write: bool) -> Result<()> {
     Ok(())
 }
 
+/// The value `touch` writes at word `i`: never zero, and different from its neighbours so that
+/// no page of it is a page of one repeated byte.
+fn pattern(i: u64) -> u64 {
+    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn touch(mib: u64) -> Result<()> {
+    let len = usize::try_from(mib << 20).map_err(|_| format!("{mib} MiB is too much"))?;
+    if len == 0 {
+        return Err("touch needs at least 1 MiB".into());
+    }
+    // SAFETY: a new private anonymous mapping; no memory of ours is passed.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err(&format!("mmap of {mib} MiB")));
+    }
+    // SAFETY: the mapping is `len` bytes, readable and writable, u64-aligned (page-aligned),
+    // and only this function uses it.
+    let words = unsafe { std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8) };
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = pattern(i as u64);
+    }
+    println!("TOUCHED {mib}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Keep the pages resident (and this process alive) until the guest is powered off.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Non-zero 4 KiB pages in `buf` (whose length is a multiple of 4 KiB, bar the file's last).
+fn nonzero_pages(buf: &[u8]) -> u64 {
+    buf.chunks(4096)
+        .filter(|page| page.iter().any(|&b| b != 0))
+        .count() as u64
+}
+
+fn nonzero(path: &str) -> Result<()> {
+    println!("NONZERO_PAGES {}", count_nonzero(path)?);
+    Ok(())
+}
+
+fn count_nonzero(path: &str) -> Result<u64> {
+    let f = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("{path}: {e}"))?.len();
+    let fd = f.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pages, mut off) = (0u64, 0u64);
+    while off < len {
+        // SAFETY: lseek(2) on an open descriptor; no memory arguments.
+        let data = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            // ENXIO: only a hole is left.
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(os_err(&format!("SEEK_HOLE in {path}")));
+        }
+        // Data extents start on page boundaries in the file systems that hold memory files;
+        // count from the page that holds `data` anyway.
+        let mut at = (data as u64) & !4095;
+        while at < hole as u64 {
+            let n = buf.len().min((hole as u64 - at) as usize);
+            let n = n.next_multiple_of(4096).min((len - at) as usize);
+            f.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| format!("read {path} at {at}: {e}"))?;
+            pages += nonzero_pages(&buf[..n]);
+            at += n as u64;
+        }
+        off = at.max(hole as u64);
+    }
+    Ok(pages)
+}
+
 fn run(args: &[String]) -> Result<()> {
     let num = |s: &String| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
     match args {
@@ -259,7 +350,9 @@ fn run(args: &[String]) -> Result<()> {
         [c, dev, mib] if c == "seqread" => seq(dev, num(mib)?, false),
         [c, dev, mib] if c == "seqwrite" => seq(dev, num(mib)?, true),
         [c, mib] if c == "hold" => hold::hold(num(mib)?),
-        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB".into()),
+        [c, mib] if c == "touch" => touch(num(mib)?),
+        [c, path] if c == "nonzero" => nonzero(path),
+        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB | touch MIB | nonzero FILE".into()),
     }
 }
 
@@ -268,5 +361,37 @@ fn main() {
     if let Err(e) = run(&args) {
         eprintln!("vmm-guest-tool: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_touch_pattern_has_no_zero_word_and_no_repeated_page() {
+        assert!((0..1 << 20).all(|i| pattern(i) != 0));
+        let page: Vec<u64> = (0..512).map(pattern).collect();
+        assert!(page.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn nonzero_counts_pages_with_data_in_a_sparse_file() {
+        let path = std::env::temp_dir().join(format!("guest-tool-nz-{}", std::process::id()));
+        let f = File::create(&path).expect("scratch file");
+        f.set_len(64 << 20).expect("sparse length");
+        // Three non-zero pages, one written page of zeros (data, but zero), and a byte in the
+        // middle of a page past the first 1 MiB chunk of an extent.
+        f.write_all_at(&[7u8; 4096], 0).expect("write");
+        f.write_all_at(&[1u8; 8192], 10 << 20).expect("write");
+        f.write_all_at(&[0u8; 4096], 20 << 20).expect("write");
+        f.write_all_at(&[0u8; 3 << 20], 30 << 20).expect("write");
+        f.write_all_at(&[9u8], (31 << 20) + 4096 * 5 + 100).expect("write");
+        let p = path.to_str().expect("utf-8").to_string();
+        assert_eq!(count_nonzero(&p), Ok(4));
+        f.write_all_at(&[3u8], (64 << 20) - 1).expect("write");
+        assert_eq!(count_nonzero(&p), Ok(5));
+        let _ = std::fs::remove_file(&path);
+        assert!(count_nonzero(&p).is_err());
     }
 }

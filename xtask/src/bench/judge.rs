@@ -9,6 +9,44 @@ pub const OVERHEAD_TARGET_KIB: f64 = 5.0 * 1024.0;
 pub const PEAK_EXCESS_TARGET_KIB: f64 = 1024.0;
 pub const SETUP_SHARE_TARGET: f64 = 0.10;
 
+/// Firecracker's snapshot figures, measured earlier in this same setup (emulated neoverse-n1
+/// host under -icount, 1 vCPU, 256 MiB touched; curl's time_total): Firecracker cannot be
+/// installed from a registry, so they are constants here, from issue 12.
+pub mod firecracker {
+    /// PUT /snapshot/load, 512 MiB and 2 GiB guests, µs.
+    pub const LOAD_US_512: f64 = 7_600.0;
+    pub const LOAD_US_2048: f64 = 7_500.0;
+    /// PUT /snapshot/create (Full), µs: it writes every page of guest memory.
+    pub const CREATE_US_512: f64 = 969_000.0;
+    pub const CREATE_US_2048: f64 = 3_876_000.0;
+    /// The restored guest's first console answer after the load returned, beyond the console
+    /// round trip of a running guest, µs.
+    pub const ANSWER_EXTRA_US_512: f64 = 27_000.0;
+    pub const ANSWER_EXTRA_US_2048: f64 = 36_000.0;
+    /// VMM memory overhead after restore, KiB.
+    pub const OVERHEAD_KIB: f64 = 1_360.0;
+}
+
+/// Snapshot targets derived from Firecracker's figures and QEMU's.
+pub const SNAP_CREATE_TARGET_US: f64 = firecracker::CREATE_US_512 / 2.0;
+pub const SNAP_OVERHEAD_TARGET_KIB: f64 = firecracker::OVERHEAD_KIB + 512.0;
+pub const SNAP_LOAD_QEMU_SHARE: f64 = 0.1;
+pub const SNAP_LOAD_GROWTH: f64 = 1.2;
+pub const SNAP_ALLOC_OVER_NONZERO: f64 = 1.05;
+
+/// The QEMU figures of the snapshot phase: a missing one fails the bench even where no target
+/// compares it.
+const SNAP_QEMU_FIGURES: &[(&str, &str)] = &[
+    ("snap-qemu-512", "create_us"),
+    ("snap-qemu-512", "file_bytes"),
+    ("snap-qemu-512", "load_us"),
+    ("snap-qemu-512", "answer_extra_us"),
+    ("snap-qemu-2048", "create_us"),
+    ("snap-qemu-2048", "file_bytes"),
+    ("snap-qemu-2048", "load_us"),
+    ("snap-qemu-2048", "answer_extra_us"),
+];
+
 /// Per VMM ("vmm", "qemu", "blk-qemu"...), per metric, the value of each run: `None` where the
 /// run printed the key with no number (`key=`: not measured).
 pub type Samples = BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>>;
@@ -91,6 +129,8 @@ enum Rule {
     NoMore(&'static str, &'static str, &'static str),
     /// Every run's guest saw virtio devices, all of them virtio 1.x (VIRTIO_F_VERSION_1).
     Virtio1(&'static str),
+    /// Each of these figures was measured.
+    Measured(&'static [(&'static str, &'static str)]),
 }
 
 /// A target's verdict.
@@ -215,6 +255,102 @@ const TARGETS: &[(&str, &str, Rule)] = &[
         "QEMU's vsock device is virtio 1.x",
         Rule::Virtio1("vsock-qemu"),
     ),
+    (
+        "snapshot",
+        "snapshot load at 512 MiB at most Firecracker's 7.6 ms",
+        Rule::AtMost(("snap-vmm-512", "load_us"), firecracker::LOAD_US_512),
+    ),
+    (
+        "snapshot",
+        "snapshot load at most 0.1 x QEMU's, 512 MiB",
+        Rule::ShareAtMost(
+            ("snap-vmm-512", "load_us"),
+            ("snap-qemu-512", "load_us"),
+            SNAP_LOAD_QEMU_SHARE,
+        ),
+    ),
+    (
+        "snapshot",
+        "snapshot load at most 0.1 x QEMU's, 2 GiB",
+        Rule::ShareAtMost(
+            ("snap-vmm-2048", "load_us"),
+            ("snap-qemu-2048", "load_us"),
+            SNAP_LOAD_QEMU_SHARE,
+        ),
+    ),
+    (
+        "snapshot",
+        "snapshot load at 2 GiB within 1.2 x the load at 512 MiB",
+        Rule::ShareAtMost(
+            ("snap-vmm-2048", "load_us"),
+            ("snap-vmm-512", "load_us"),
+            SNAP_LOAD_GROWTH,
+        ),
+    ),
+    (
+        "snapshot",
+        "first console answer after load no later than Firecracker's (27 ms beyond the round trip), 512 MiB",
+        Rule::AtMost(
+            ("snap-vmm-512", "answer_extra_us"),
+            firecracker::ANSWER_EXTRA_US_512,
+        ),
+    ),
+    (
+        "snapshot",
+        "first console answer after load no later than Firecracker's (36 ms beyond the round trip), 2 GiB",
+        Rule::AtMost(
+            ("snap-vmm-2048", "answer_extra_us"),
+            firecracker::ANSWER_EXTRA_US_2048,
+        ),
+    ),
+    (
+        "snapshot",
+        "snapshot create at 512 MiB at most half of Firecracker's 969 ms",
+        Rule::AtMost(("snap-vmm-512", "create_us"), SNAP_CREATE_TARGET_US),
+    ),
+    (
+        "snapshot",
+        "snapshot create no slower than QEMU's, 512 MiB",
+        Rule::NoMore("snap-vmm-512", "snap-qemu-512", "create_us"),
+    ),
+    (
+        "snapshot",
+        "snapshot create no slower than QEMU's, 2 GiB",
+        Rule::NoMore("snap-vmm-2048", "snap-qemu-2048", "create_us"),
+    ),
+    (
+        "snapshot",
+        "memory file allocated bytes at most 1.05 x the guest's touched (non-zero) bytes, 512 MiB",
+        Rule::ShareAtMost(
+            ("snap-vmm-512", "mem_alloc_bytes"),
+            ("snap-vmm-512", "nonzero_bytes"),
+            SNAP_ALLOC_OVER_NONZERO,
+        ),
+    ),
+    (
+        "snapshot",
+        "memory file allocated bytes at most 1.05 x the guest's touched (non-zero) bytes, 2 GiB",
+        Rule::ShareAtMost(
+            ("snap-vmm-2048", "mem_alloc_bytes"),
+            ("snap-vmm-2048", "nonzero_bytes"),
+            SNAP_ALLOC_OVER_NONZERO,
+        ),
+    ),
+    (
+        "snapshot",
+        "memory overhead after restore at most Firecracker's 1,360 KiB + 512 KiB, 512 MiB",
+        Rule::AtMost(("snap-vmm-512", "overhead_kib"), SNAP_OVERHEAD_TARGET_KIB),
+    ),
+    (
+        "snapshot",
+        "memory overhead after restore at most Firecracker's 1,360 KiB + 512 KiB, 2 GiB",
+        Rule::AtMost(("snap-vmm-2048", "overhead_kib"), SNAP_OVERHEAD_TARGET_KIB),
+    ),
+    (
+        "snapshot",
+        "every QEMU snapshot figure measured",
+        Rule::Measured(SNAP_QEMU_FIGURES),
+    ),
 ];
 
 /// Judges one rule on the samples.
@@ -258,6 +394,17 @@ fn judge_rule(s: &Samples, rule: Rule) -> Verdict {
                 };
                 met(all("virtio_modern", |v| v >= 1.0) && all("virtio_legacy", |v| v == 0.0))
             })
+        }
+        Rule::Measured(figs) => {
+            let missing: Vec<String> = figs
+                .iter()
+                .filter_map(|&(who, key)| figure(s, who, key).err())
+                .collect();
+            if missing.is_empty() {
+                Ok(Verdict::Met)
+            } else {
+                Err(Verdict::Missing(missing))
+            }
         }
     };
     r.unwrap_or_else(|missing| missing)
@@ -464,5 +611,92 @@ mod tests {
                 "block I/O no more VMM CPU per MiB than QEMU"
             ]
         );
+    }
+
+    const SNAP_GOOD: [&str; 4] = [
+        "BENCH snap-vmm-512 1 create_us=300000 load_us=5000 answer_extra_us=20000 mem_alloc_bytes=1040 nonzero_bytes=1000 overhead_kib=1700 exit=0",
+        "BENCH snap-vmm-2048 1 create_us=400000 load_us=5500 answer_extra_us=30000 mem_alloc_bytes=1000 nonzero_bytes=1000 overhead_kib=1800 exit=0",
+        "BENCH snap-qemu-512 1 create_us=1200000 file_bytes=9 load_us=600000 answer_extra_us=60000 exit=0",
+        "BENCH snap-qemu-2048 1 create_us=2400000 file_bytes=9 load_us=1300000 answer_extra_us=90000 exit=0",
+    ];
+
+    fn snap_verdicts(ls: &[String]) -> Vec<(&'static str, Verdict)> {
+        judge(&parse(ls), |p| p == "snapshot")
+            .into_iter()
+            .map(|j| (j.target, j.verdict))
+            .collect()
+    }
+
+    fn not_met(v: &[(&'static str, Verdict)]) -> Vec<(&'static str, Verdict)> {
+        v.iter()
+            .filter(|(_, v)| *v != Verdict::Met)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_figures_within_every_target_pass() {
+        let v = snap_verdicts(&lines(&SNAP_GOOD));
+        assert_eq!(v.len(), 14);
+        assert_eq!(not_met(&v), []);
+    }
+
+    #[test]
+    fn a_snapshot_figure_over_its_target_misses_it() {
+        let mut ls = lines(&SNAP_GOOD);
+        // 2 GiB load 1.3 x the 512 MiB one; 512 MiB file 1.06 x its non-zero bytes; restored
+        // overhead 1,873 KiB; create slower than Firecracker's half.
+        ls[0] = ls[0]
+            .replace("mem_alloc_bytes=1040", "mem_alloc_bytes=1060")
+            .replace("create_us=300000", "create_us=484600");
+        ls[1] = ls[1]
+            .replace("load_us=5500", "load_us=6500")
+            .replace("overhead_kib=1800", "overhead_kib=1873");
+        let missed: Vec<&str> = not_met(&snap_verdicts(&ls))
+            .into_iter()
+            .map(|(t, v)| {
+                assert_eq!(v, Verdict::Missed, "{t}");
+                t
+            })
+            .collect();
+        assert_eq!(
+            missed,
+            [
+                "snapshot load at 2 GiB within 1.2 x the load at 512 MiB",
+                "snapshot create at 512 MiB at most half of Firecracker's 969 ms",
+                "memory file allocated bytes at most 1.05 x the guest's touched (non-zero) bytes, 512 MiB",
+                "memory overhead after restore at most Firecracker's 1,360 KiB + 512 KiB, 2 GiB",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_qemu_snapshot_figure_fails_the_bench() {
+        // QEMU's 2 GiB migration file was never written: its size and load are empty.
+        let mut ls = lines(&SNAP_GOOD);
+        ls[3] = ls[3]
+            .replace("file_bytes=9", "file_bytes=")
+            .replace("load_us=1300000", "load_us=");
+        let v = not_met(&snap_verdicts(&ls));
+        assert_eq!(
+            v,
+            [
+                (
+                    "snapshot load at most 0.1 x QEMU's, 2 GiB",
+                    Verdict::Missing(vec!["snap-qemu-2048 load_us (in 1 of 1 runs)".into()])
+                ),
+                (
+                    "every QEMU snapshot figure measured",
+                    Verdict::Missing(vec![
+                        "snap-qemu-2048 file_bytes (in 1 of 1 runs)".into(),
+                        "snap-qemu-2048 load_us (in 1 of 1 runs)".into()
+                    ])
+                ),
+            ]
+        );
+        // No QEMU in the host at all: no QEMU line.
+        let v = not_met(&snap_verdicts(&lines(&SNAP_GOOD[..2])));
+        assert!(v.iter().all(|(_, v)| matches!(v, Verdict::Missing(_))));
+        assert_eq!(v.len(), 5, "{v:?}");
     }
 }
