@@ -43,7 +43,7 @@ impl Vm {
         let kvm = Kvm::new().expect("open /dev/kvm");
         let vm = kvm.create_vm().expect("KVM_CREATE_VM");
         if dirty_log {
-            let flags = dirty_log::enable_manual_protect(&vm).expect("manual protect");
+            let flags = dirty_log::enable_manual_protect(&vm, true).expect("manual protect");
             assert_eq!(
                 flags,
                 KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET,

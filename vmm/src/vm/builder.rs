@@ -164,11 +164,25 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, BuildError> {
     kvm_call("KVM_CREATE_VM", kvm.create_vm())
 }
 
-/// Gives the guest its RAM as memory slot 0; with `track_dirty_pages`, KVM logs the pages
-/// the guest writes (manual protection, every page initially dirty).
-pub fn add_memory(vm: &VmFd, ram: &Ram, track_dirty_pages: bool) -> Result<(), BuildError> {
+/// How KVM's dirty log starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirtyLog {
+    /// No logging.
+    Off,
+    /// Every page dirty at first: a booted guest's first Diff snapshot holds all of memory.
+    AllDirty,
+    /// No page dirty at first: a restored guest's first Diff holds only the pages written
+    /// since the load, on top of the memory file it was loaded from. Its stage-2 tables are
+    /// still empty, so write-protecting them costs nothing.
+    Clean,
+}
+
+/// Gives the guest its RAM as memory slot 0, with KVM's dirty log (manual protection) as
+/// `log` says.
+pub fn add_memory(vm: &VmFd, ram: &Ram, log: DirtyLog) -> Result<(), BuildError> {
+    let track_dirty_pages = log != DirtyLog::Off;
     if track_dirty_pages {
-        arch::kvm::dirty_log::enable_manual_protect(vm)
+        arch::kvm::dirty_log::enable_manual_protect(vm, log == DirtyLog::AllDirty)
             .map_err(|e| BuildError::Memory(e.to_string()))?;
     }
     let region = kvm_userspace_memory_region {
@@ -333,7 +347,12 @@ pub fn build(
     let kvm = open_kvm(cfg.vcpus, mem_size)?;
     let vm = create_vm(&kvm)?;
     let ram = Ram::new(DRAM_BASE, mem_size)?;
-    add_memory(&vm, &ram, cfg.track_dirty_pages)?;
+    let log = if cfg.track_dirty_pages {
+        DirtyLog::AllDirty
+    } else {
+        DirtyLog::Off
+    };
+    add_memory(&vm, &ram, log)?;
 
     let plan = loader::load(ram.guest(), DRAM_BASE, mem_size, kernel, initrd)?;
 

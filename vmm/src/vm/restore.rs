@@ -19,7 +19,7 @@ use migration::snapshot::read_snapshot_file;
 use migration::{SectionSet, StateError, Stateful};
 
 use super::builder::{
-    BuildError, BuiltVm, add_memory, create_vm, legacy_devices, open_kvm, virtio_devices,
+    BuildError, BuiltVm, DirtyLog, add_memory, create_vm, legacy_devices, open_kvm, virtio_devices,
 };
 use super::memory::Ram;
 use crate::api::snapshot::LoadRequest;
@@ -169,7 +169,12 @@ pub fn restore(
         Path::new(&req.mem_file_path),
     )
     .map_err(BuildError::from)?;
-    add_memory(&vm, &ram, cfg.track_dirty_pages)?;
+    let log = if cfg.track_dirty_pages {
+        DirtyLog::Clean
+    } else {
+        DirtyLog::Off
+    };
+    add_memory(&vm, &ram, log)?;
 
     let mut vcpus = Vec::new();
     for i in 0..cfg.vcpus {

@@ -67,15 +67,21 @@ pub enum DirtyLogError {
     },
 }
 
-/// Enables manual protection, with `INITIALLY_SET` when the host offers it. Returns the flags
+/// Enables manual protection, and with `initially_set` (when the host offers it) every page
+/// starts dirty, so that turning logging on write-protects nothing up front. Returns the flags
 /// enabled. Call before registering the memory slots.
-pub fn enable_manual_protect(vm: &VmFd) -> Result<u32, DirtyLogError> {
+pub fn enable_manual_protect(vm: &VmFd, initially_set: bool) -> Result<u32, DirtyLogError> {
     // The capability answers with the flags it supports.
     let offered = vm.check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)) as u32;
     if offered & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE == 0 {
         return Err(DirtyLogError::Unsupported(offered));
     }
-    let flags = offered & (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+    let wanted = if initially_set {
+        KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET
+    } else {
+        KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+    };
+    let flags = offered & wanted;
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
         ..Default::default()
