@@ -146,7 +146,7 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (mut h, _) = load(
+    let (mut h, sock2) = load(
         "diff-b",
         &diff_state,
         &base,
@@ -155,6 +155,19 @@ fn a_diff_over_its_full_base_gives_the_same_guest() {
     let (ok, _) = hold(&mut h);
     assert!(ok, "the pattern is intact after base + diff");
     assert_eq!(h.sh("sha256sum /tmp/new"), vec![before]);
+    // Loaded with tracking, the next Diff holds what was written since the load, on top of
+    // the memory file it was loaded from, not all of memory.
+    h.sh("dd if=/dev/urandom of=/tmp/newer bs=4096 count=64 2>/dev/null");
+    patch_vm(&sock2, "Paused");
+    let (diff2_state, diff2) = (dir.join("diff2.state"), dir.join("diff2.mem"));
+    create(&sock2, "Diff", &diff2_state, &diff2);
+    let d2 = allocated(&diff2);
+    println!("diff after the load: {d2} bytes allocated");
+    assert!(
+        (256 << 10..24 << 20).contains(&d2),
+        "a Diff after a load holds {d2} bytes"
+    );
+    patch_vm(&sock2, "Resumed");
     let _ = h.collect_for(Duration::from_millis(100));
     h.send("poweroff -f\n");
     let (status, stderr) = h.wait_exit();
