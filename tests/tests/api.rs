@@ -157,11 +157,11 @@ fn the_getting_started_sequence_with_curl() {
             "rate_limiter is null",
         ),
         (
-            "PATCH",
-            "/machine-config",
-            Some(r#"{"track_dirty_pages": true}"#),
+            "PUT",
+            "/snapshot/create",
+            Some(r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#),
             400,
-            "track_dirty_pages true is not supported yet",
+            "must be paused",
         ),
         (
             "PUT",

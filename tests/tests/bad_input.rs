@@ -180,17 +180,15 @@ fn config_file_errors_name_the_problem() {
         &["--config-file", "/nonexistent.json", "--no-api"],
         "cannot read config file /nonexistent.json",
     );
-    let dirty = temp(
-        "dirty.json",
-        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}}}}"#)
+    let template = temp(
+        "template.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "C3"}}}}"#)
             .as_bytes(),
     );
-    let (code, stderr) = refused(&["--config-file", &dirty, "--no-api"]);
+    let (code, stderr) = refused(&["--config-file", &template, "--no-api"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains(
-            "track_dirty_pages=true (dirty-page tracking comes with snapshots) is not supported yet"
-        ),
+        stderr.contains("machine-config cpu_template 'C3' is not supported yet"),
         "{stderr}"
     );
 }

@@ -63,8 +63,9 @@ fn a_guest_carries_on_in_a_new_process_after_sigkill() {
         "the loop carries on from tick-{before}, not from the start: tick-{after}"
     );
     // The console answers, with both vCPUs online.
+    // (The tick loop may print between the command's lines.)
     let out = h.sh("cat /sys/devices/system/cpu/online");
-    assert_eq!(out, vec!["0-1".to_string()], "{out:?}");
+    assert!(out.iter().any(|l| l == "0-1"), "{out:?}");
     let cfg = get_json(&sock2, "/vm/config");
     assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
     h.send("poweroff -f\n");
