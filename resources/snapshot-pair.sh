@@ -22,11 +22,14 @@ D=/tmp/snap
 MEM_MIB=128
 mkdir -p "$D"
 say() { echo "snap-$ROLE: $*"; }
+PIDS=()
 fail() {
     say "FAILED: $*"
     for f in "$D"/*.console "$D"/*.stderr; do
         [ -s "$f" ] && { say "--- tail of $f"; tail -n 15 "$f" | tr -d '\r'; }
     done
+    # No guest started here outlives the check (the host goes on with other checks).
+    [ ${#PIDS[@]} -gt 0 ] && kill -KILL "${PIDS[@]}" 2>/dev/null
     exit 1
 }
 
@@ -46,6 +49,7 @@ start() {
     mkfifo "$D/$1.in"
     vmm --api-sock "$SOCK" <"$D/$1.in" >"$D/$1.console" 2>"$D/$1.stderr" &
     PID=$!
+    PIDS+=("$PID")
     exec 3>"$D/$1.in"
     for _ in $(seq 600); do
         api "$SOCK" GET / 2>/dev/null
