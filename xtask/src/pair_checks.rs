@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -45,6 +45,7 @@ const SHA_TAG: &str = "snap-restore: state-sha256: ";
 /// Runs both checks; `vmm` is the cross-built binary placed in each host.
 pub fn run(art: &Artifacts, vmm: &Path, timeout: Duration) -> Tally {
     let mut t = Tally::default();
+    let started = Instant::now();
     let (restored, carried) = match same_model(art, vmm, timeout) {
         Ok(r) => r,
         Err(e) => {
@@ -52,13 +53,21 @@ pub fn run(art: &Artifacts, vmm: &Path, timeout: Duration) -> Tally {
             (false, None)
         }
     };
-    line("snapshot restored in a second host of the same CPU model", restored);
+    eprintln!(
+        "xtask: the same-model snapshot run took {} s",
+        started.elapsed().as_secs()
+    );
+    line(
+        "snapshot restored in a second host of the same CPU model",
+        restored,
+    );
     t.check(restored);
     if carried.is_none() {
         println!(
             "no state file came out of the same-model run: the refusals below cannot be checked"
         );
     }
+    let started = Instant::now();
     let [link, model, freq] = match two_hosts(art, vmm, timeout, carried.as_ref()) {
         Ok(r) => r,
         Err(e) => {
@@ -66,9 +75,16 @@ pub fn run(art: &Artifacts, vmm: &Path, timeout: Duration) -> Tally {
             [false; 3]
         }
     };
+    eprintln!(
+        "xtask: the two-host run took {} s",
+        started.elapsed().as_secs()
+    );
     line("two-host link check", link);
     line("snapshot refused in a host of another CPU model", model);
-    line("snapshot refused in a host with another counter frequency", freq);
+    line(
+        "snapshot refused in a host with another counter frequency",
+        freq,
+    );
     for ok in [link, model, freq] {
         t.check(ok);
     }
@@ -101,11 +117,7 @@ struct Carried {
 }
 
 /// The first run. Returns whether the snapshot restored, and the state file host b received.
-fn same_model(
-    art: &Artifacts,
-    vmm: &Path,
-    timeout: Duration,
-) -> Result<(bool, Option<Carried>)> {
+fn same_model(art: &Artifacts, vmm: &Path, timeout: Duration) -> Result<(bool, Option<Carried>)> {
     let (pa, pb) = qemu::free_udp_ports()?;
     let n1 = ("neoverse-n1", None);
     let (a, b) = pair_specs(n1, n1, 1, HOST_MIB, false, timeout, pa, pb);
@@ -230,7 +242,8 @@ fn two_hosts(
              echo \"$(hostname): cpu {part}, {mhz} MHz, link to $PEER_ADDR ok\"\n"
         )
     };
-    let listen = "got=$(timeout 300 socat -u TCP-LISTEN:7000,reuseaddr -)\n[ \"$got\" = \"hello from b\" ]";
+    let listen =
+        "got=$(timeout 300 socat -u TCP-LISTEN:7000,reuseaddr -)\n[ \"$got\" = \"hello from b\" ]";
     let send = "for i in $(seq 300); do echo 'hello from b' | socat -u - TCP:$PEER_ADDR:7000 2>/dev/null && break; sleep 1; done\n[ $i -lt 300 ]";
     let (sa, sb) = (
         check("ROLE=refuse-model", "0xd40", "62.50", listen),
