@@ -1,6 +1,6 @@
 #!/bin/bash
 # Cross-host snapshot checks, run by `cargo xtask test` in two linked emulated hosts
-# (xtask/src/snapshot_pair.rs, docs/testing.md). ROLE is set before this text:
+# (xtask/src/pair_checks.rs, docs/testing.md). ROLE is set before this text:
 #   source   boots a 1 vCPU, 128 MiB guest whose shell prints tick-N five times a second,
 #            pauses it, snapshots it, and sends the state file, the memory file, the last tick
 #            and their sha256 sums to the peer over the link (TCP 7001).
@@ -9,13 +9,14 @@
 #            and answers on its console; it also prints the state file in hex
 #            (`snap-restore: state-hex: ...`) for xtask to carry to the hosts below.
 #   refuse-model, refuse-frequency
-#            in a host of another CPU model (same counter frequency), or of the same model with
-#            another counter frequency: load that state file ($SNAP_STATE, whose sha256 is
-#            $SNAP_STATE_SHA256, with a sparse memory file of the guest's size: the host is
-#            checked before memory is read) and expect a 400 naming the ID-register fields, or
-#            both frequencies ($SNAP_FREQ_HERE, $SNAP_FREQ_SAVED); the process still answers,
-#            has not started, and then loads a snapshot taken on this host.
-# Every line this prints starts with `snap-ROLE:`; a failed check prints `FAILED:` and exits 1.
+#            in a host of another CPU model (same counter frequency), or of the same model
+#            with another counter frequency: load that state file ($SNAP_STATE, whose sha256
+#            is $SNAP_STATE_SHA256) with a sparse memory file of the guest's size (the host is
+#            checked before guest memory is used), and expect a 400 naming the ID-register
+#            fields, or both frequencies ($SNAP_FREQ_HERE, $SNAP_FREQ_SAVED); the process
+#            still answers, has not started, and then loads a snapshot taken on this host.
+# Its own lines start with `snap-ROLE:`; a failed check prints `FAILED:`, the tails of the vmm
+# consoles and logs, and exits 1.
 set -u
 : "${ROLE:?}" "${PEER_ADDR:?}" "${GUEST_KERNEL:?}" "${GUEST_INITRD:?}"
 D=/tmp/snap

@@ -10,7 +10,7 @@
 //!    ID-register fields) and a neoverse-n1 host with a 1 GHz counter (only the frequency
 //!    differs, so it must name both frequencies). The state file comes from run 1 through
 //!    host b's console and this process (it is a few KiB); the memory file is a sparse file of
-//!    the guest's size, since the host is checked before any memory is read.
+//!    the guest's size, since the host is checked before guest memory is used.
 //!
 //! The in-host side of the snapshot checks is `resources/snapshot-pair.sh`.
 
