@@ -105,11 +105,12 @@ source_role() {
 }
 
 restore_role() {
-    timeout 600 socat -u TCP-LISTEN:7001,reuseaddr - | tar -C "$D" -xf - || fail "receiving the files"
+    # The source waits for a verdict: whatever ends this role sends one.
     report() {
         for _ in $(seq 60); do echo "$1" | socat -u - "TCP:$PEER_ADDR:7002" 2>/dev/null && return; sleep 1; done
     }
     trap 'report failed' EXIT
+    timeout 600 socat -u TCP-LISTEN:7001,reuseaddr - | tar -C "$D" -xf - || fail "receiving the files"
     (cd "$D" && sha256sum -c SHA256SUMS) | sed "s/^/snap-$ROLE: /"
     [ "${PIPESTATUS[0]}" = 0 ] || fail "the files differ from what the source sent"
     say "state-sha256: $(sha256sum "$D/vm.state" | cut -d' ' -f1)"
