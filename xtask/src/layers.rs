@@ -185,6 +185,7 @@ pub fn emulated(timeout: Duration, binary_limit: Duration, filter: Option<&str>)
         "XT_BINARY_TIMEOUT".into(),
         binary_limit.as_secs().max(1).to_string(),
     ));
+    let vmm_bin = vmm.clone();
     payload.files.push(("usr/local/bin/vmm".into(), vmm, 0o755));
     for (name, path) in &tests {
         payload
@@ -224,7 +225,9 @@ pub fn emulated(timeout: Duration, binary_limit: Duration, filter: Option<&str>)
     }
     if filter.is_none() {
         t.check(command_status_passes_through(&art, &spec));
-        t.check(two_host_link(&art, timeout));
+        let pairs = crate::pair_checks::run(&art, &vmm_bin, timeout);
+        t.passed += pairs.passed;
+        t.failed += pairs.failed;
     }
     report("emulated", t);
     Ok(t)
@@ -247,53 +250,6 @@ fn command_status_passes_through(art: &Artifacts, spec: &HostSpec) -> bool {
         if ok { "ok" } else { "FAILED" }
     );
     ok
-}
-
-/// The two-host form: hosts of different generations and counter frequencies see their own
-/// CPU and reach each other over the virtual link.
-fn two_host_link(art: &Artifacts, timeout: Duration) -> bool {
-    let result = (|| -> Result<bool> {
-        let (pa, pb) = qemu::free_udp_ports()?;
-        let (a, b) = pair_specs(
-            ("neoverse-n1", None),
-            ("neoverse-v1", Some(1_000_000_000)),
-            1,
-            1024,
-            false,
-            timeout,
-            pa,
-            pb,
-        );
-        // Each host checks its own CPU and counter, waits for the link, then they exchange a
-        // message over TCP; the listener waits for the sender, so neither powers off early.
-        let check = |part: &str, mhz: &str, exchange: &str| {
-            format!(
-                "set -e\ngrep -q 'CPU part.*: {part}' /proc/cpuinfo\n\
-                 dmesg | grep -q 'arch_timer.*running at {mhz}MHz'\n\
-                 for i in $(seq 120); do ping -c 1 -W 1 \"$PEER_ADDR\" >/dev/null && break; done\n\
-                 ping -c 1 -W 5 \"$PEER_ADDR\" >/dev/null\n{exchange}\n\
-                 echo \"$(hostname): cpu {part}, {mhz} MHz, link to $PEER_ADDR ok\"\n"
-            )
-        };
-        let listen = "got=$(timeout 300 socat -u TCP-LISTEN:7000,reuseaddr -)\n[ \"$got\" = \"hello from b\" ]";
-        let send = "for i in $(seq 300); do echo 'hello from b' | socat -u - TCP:$PEER_ADDR:7000 2>/dev/null && break; sleep 1; done\n[ $i -lt 300 ]";
-        let (sa, sb) = (
-            check("0xd0c", "62.50", listen),
-            check("0xd40", "1000.00", send),
-        );
-        let [ra, rb] = qemu::run_pair(&[a, b], art, &Payload::default(), [&sa, &sb])?;
-        Ok(ra?.status == 0 && rb?.status == 0)
-    })();
-    match result {
-        Ok(ok) => {
-            println!("two-host link check: {}", if ok { "ok" } else { "FAILED" });
-            ok
-        }
-        Err(e) => {
-            eprintln!("xtask: two-host check failed: {e:#}");
-            false
-        }
-    }
 }
 
 /// Specs for two hosts joined by a loopback UDP link.

@@ -17,6 +17,7 @@ mod fuzz_api;
 mod kmod;
 mod layers;
 mod libtest;
+mod pair_checks;
 mod qemu;
 mod setup;
 mod sh;

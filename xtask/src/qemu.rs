@@ -91,7 +91,8 @@ fn nonce() -> String {
     format!("{:x}{:x}", std::process::id(), t & 0xffff_ffff_ffff)
 }
 
-fn run_dir() -> Result<PathBuf> {
+/// Where per-run files go (initramfs images, files carried between runs).
+pub fn run_dir() -> Result<PathBuf> {
     let root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::workspace_root().join("target"));
@@ -363,6 +364,18 @@ pub fn run_pair(
     payload: &Payload,
     scripts: [&str; 2],
 ) -> Result<[Result<Outcome>; 2]> {
+    run_pair_watched(specs, art, payload, scripts, &|_, _| true)
+}
+
+/// [`run_pair`], handing each line with its host's name to `watch` first, which returns
+/// whether to print it (a check can read data from a console without flooding the log).
+pub fn run_pair_watched(
+    specs: &[HostSpec; 2],
+    art: &Artifacts,
+    payload: &Payload,
+    scripts: [&str; 2],
+    watch: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> Result<[Result<Outcome>; 2]> {
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = specs
@@ -373,6 +386,9 @@ pub fn run_pair(
                 s.spawn(move || {
                     let name = spec.name.clone();
                     let mut sink = |l: &str| {
+                        if !watch(&name, l) {
+                            return;
+                        }
                         if let Ok(mut o) = out.lock() {
                             let _ = writeln!(o, "{name}| {l}");
                         }
