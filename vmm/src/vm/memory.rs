@@ -278,29 +278,10 @@ impl Ram {
         self.write_pages(path, wanted)
     }
 
-    /// The runs of consecutive wanted pages, as (offset, length) in bytes.
-    fn runs(&self, wanted: impl Fn(u64) -> bool) -> Vec<(u64, u64)> {
-        let mut runs = Vec::new();
-        let mut i = 0;
-        while i < self.pages() {
-            if !wanted(i) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < self.pages() && wanted(i) {
-                i += 1;
-            }
-            let off = start * PAGE_SIZE;
-            runs.push((off, ((i - start) * PAGE_SIZE).min(self.size - off)));
-        }
-        runs
-    }
-
     fn write_pages(
         &self,
         path: &Path,
-        wanted: impl Fn(u64) -> bool + Sync,
+        wanted: impl Fn(u64) -> bool,
     ) -> Result<MemoryFileStats, MemoryError> {
         let tmp = temp_name(path);
         let result = (|| {
@@ -310,49 +291,30 @@ impl Ram {
                 .open(&tmp)
                 .map_err(file_err(path))?;
             out.set_len(self.size).map_err(file_err(path))?;
-            // The pages are split into contiguous shares, one per writer thread: the VM is
-            // paused, so its CPUs are free, and copying into the page cache scales with them.
-            let pages = self.pages();
-            let writers = std::thread::available_parallelism()
-                .map_or(1, NonZeroUsize::get)
-                .clamp(1, MAX_WRITERS) as u64;
-            let share = pages.div_ceil(writers).next_multiple_of(64);
-            let written = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..writers)
-                    .map(|w| {
-                        let (out, wanted) = (&out, &wanted);
-                        let (first, end) = ((w * share).min(pages), ((w + 1) * share).min(pages));
-                        s.spawn(move || -> std::io::Result<u64> {
-                            let mut bytes = 0;
-                            let runs = self.runs(|i| i >= first && i < end && wanted(i));
-                            for (off, len) in runs {
-                                let ptr = (self.host_addr() + off) as *const u8;
-                                // SAFETY: the run is inside the mapping, which outlives the
-                                // call; the VM is paused, so nothing writes it meanwhile.
-                                let b = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
-                                out.write_all_at(b, off)?;
-                                bytes += len;
-                            }
-                            Ok(bytes)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("a memory writer failed"))
-                        })
-                    })
-                    .sum::<std::io::Result<u64>>()
-            })
-            .map_err(file_err(path))?;
+            let mut stats = MemoryFileStats::default();
+            let mut i = 0;
+            while i < self.pages() {
+                if !wanted(i) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < self.pages() && wanted(i) {
+                    i += 1;
+                }
+                let off = start * PAGE_SIZE;
+                let len = ((i - start) * PAGE_SIZE).min(self.size - off);
+                let ptr = (self.host_addr() + off) as *const u8;
+                // SAFETY: the run is inside the mapping, which outlives the call; the VM is
+                // paused, so nothing writes it meanwhile.
+                let bytes = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
+                out.write_all_at(bytes, off).map_err(file_err(path))?;
+                stats.pages += i - start;
+                stats.bytes += len;
+            }
             out.sync_all().map_err(file_err(path))?;
             std::fs::rename(&tmp, path).map_err(file_err(path))?;
-            Ok(MemoryFileStats {
-                pages: written.div_ceil(PAGE_SIZE),
-                bytes: written,
-            })
+            Ok(stats)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -360,9 +322,6 @@ impl Ram {
         result
     }
 }
-
-/// The most threads that write one memory file.
-const MAX_WRITERS: usize = 4;
 
 /// A name next to `path` for writing before the rename.
 pub fn temp_name(path: &Path) -> PathBuf {
