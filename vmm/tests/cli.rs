@@ -128,7 +128,13 @@ const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/state-v1
 fn snapshot_inspect_reads_a_state_file_and_names_a_bad_one() {
     let (code, out, err) = vmm(&["snapshot", "inspect", GOLDEN]);
     assert_eq!(code, Some(0), "{err}");
-    for want in ["format version: 1", "vcpus: 1", "memory: 64 MiB", "vcpu0", "MIDR_EL1"] {
+    for want in [
+        "format version: 1",
+        "vcpus: 1",
+        "memory: 64 MiB",
+        "vcpu0",
+        "MIDR_EL1",
+    ] {
         assert!(out.contains(want), "{want} in {out}");
     }
     let (code, out, _) = vmm(&["snapshot", "inspect", GOLDEN, "--json"]);

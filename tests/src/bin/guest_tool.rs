@@ -386,7 +386,8 @@ mod tests {
         f.write_all_at(&[1u8; 8192], 10 << 20).expect("write");
         f.write_all_at(&[0u8; 4096], 20 << 20).expect("write");
         f.write_all_at(&[0u8; 3 << 20], 30 << 20).expect("write");
-        f.write_all_at(&[9u8], (31 << 20) + 4096 * 5 + 100).expect("write");
+        f.write_all_at(&[9u8], (31 << 20) + 4096 * 5 + 100)
+            .expect("write");
         let p = path.to_str().expect("utf-8").to_string();
         assert_eq!(count_nonzero(&p), Ok(4));
         f.write_all_at(&[3u8], (64 << 20) - 1).expect("write");

@@ -130,3 +130,34 @@ fn a_failed_write_leaves_nothing_and_a_mismatched_diff_is_refused() {
     assert!(matches!(e, MemoryError::Mismatch { .. }), "{e}");
     assert_eq!(std::fs::read(&a).unwrap(), vec![0u8; 4096]);
 }
+
+#[test]
+fn scattered_pages_of_a_larger_guest_reach_the_file() {
+    let dir = scratch("scattered");
+    let size = 1024 * PAGE_SIZE;
+    let ram = Ram::new(BASE, size).unwrap();
+    let pages = [0u64, 63, 64, 300, 511, 512, 700, 1023];
+    for (n, p) in pages.iter().enumerate() {
+        ram.guest()
+            .write_slice(
+                &[n as u8 + 1; PAGE_SIZE as usize],
+                GuestAddress(BASE + p * PAGE_SIZE),
+            )
+            .unwrap();
+    }
+    let path = dir.join("mem");
+    let stats = ram.write_full(&path).unwrap();
+    assert_eq!(stats.pages, pages.len() as u64);
+    let bytes = std::fs::read(&path).unwrap();
+    for (n, p) in pages.iter().enumerate() {
+        let at = (p * PAGE_SIZE) as usize;
+        assert!(
+            bytes[at..at + PAGE_SIZE as usize]
+                .iter()
+                .all(|b| *b == n as u8 + 1),
+            "page {p}"
+        );
+    }
+    let nonzero = bytes.iter().filter(|b| **b != 0).count() as u64;
+    assert_eq!(nonzero, pages.len() as u64 * PAGE_SIZE);
+}
