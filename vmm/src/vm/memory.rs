@@ -263,7 +263,7 @@ impl Ram {
     /// name and a rename, so nothing half-written is ever at `path`). Call with the VM paused.
     pub fn write_full(&self, path: &Path) -> Result<MemoryFileStats, MemoryError> {
         let maybe = self.candidates()?;
-        let wanted = |i: u64| maybe[i as usize] && self.page(i).iter().any(|b| *b != 0);
+        let wanted = |i: u64| maybe[i as usize] && !is_zero(self.page(i));
         self.write_pages(path, wanted)
     }
 
@@ -321,6 +321,18 @@ impl Ram {
         }
         result
     }
+}
+
+/// Whether every byte is zero. Each 64-byte chunk is OR-folded without an early exit, which
+/// the compiler turns into a few vector instructions; a byte-by-byte scan with early exit
+/// cost about ten times as much on the zero pages a guest's memory is full of.
+fn is_zero(bytes: &[u8]) -> bool {
+    let chunks = bytes.chunks_exact(64);
+    let rest = chunks.remainder();
+    chunks
+        .into_iter()
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+        && rest.iter().all(|b| *b == 0)
 }
 
 /// A name next to `path` for writing before the rename.

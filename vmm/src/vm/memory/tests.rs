@@ -161,3 +161,15 @@ fn scattered_pages_of_a_larger_guest_reach_the_file() {
     let nonzero = bytes.iter().filter(|b| **b != 0).count() as u64;
     assert_eq!(nonzero, pages.len() as u64 * PAGE_SIZE);
 }
+
+#[test]
+fn zero_pages_are_told_apart_from_pages_with_one_byte_set() {
+    let mut page = vec![0u8; PAGE_SIZE as usize + 3];
+    assert!(is_zero(&page));
+    for at in [0, 63, 64, 4095, 4096, 4098] {
+        page[at] = 1;
+        assert!(!is_zero(&page), "byte {at}");
+        page[at] = 0;
+    }
+    assert!(is_zero(&[]));
+}
