@@ -9,6 +9,7 @@
 //! - `seqread DEV MIB` / `seqwrite DEV MIB`: 1 MiB O_DIRECT requests (writes end with fsync);
 //!   prints `SEQREAD_MIBS` / `SEQWRITE_MIBS`.
 //! - `hold MIB`: the snapshot tests' workload (see `hold.rs`).
+//! - `dirty MIB MIB_PER_S`: the migration tests' dirtier (see `dirty.rs`).
 //! - `touch MIB`: fills MIB MiB of anonymous memory with a non-zero pattern (every 8 bytes
 //!   differ), prints `TOUCHED <MIB>`, and sleeps with it resident until killed.
 //! - `nonzero FILE`: counts the 4 KiB pages of FILE that hold a byte other than zero (holes,
@@ -21,6 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
+#[path = "guest_tool/dirty.rs"]
+mod dirty;
 #[path = "guest_tool/hold.rs"]
 mod hold;
 
@@ -350,9 +353,10 @@ fn run(args: &[String]) -> Result<()> {
         [c, dev, mib] if c == "seqread" => seq(dev, num(mib)?, false),
         [c, dev, mib] if c == "seqwrite" => seq(dev, num(mib)?, true),
         [c, mib] if c == "hold" => hold::hold(num(mib)?),
+        [c, mib, rate] if c == "dirty" => dirty::dirty(num(mib)?, num(rate)?),
         [c, mib] if c == "touch" => touch(num(mib)?),
         [c, path] if c == "nonzero" => nonzero(path),
-        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB | touch MIB | nonzero FILE".into()),
+        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB | dirty MIB MIB_PER_S | touch MIB | nonzero FILE".into()),
     }
 }
 
@@ -367,6 +371,22 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dirtier_page_checks_against_its_own_sequence_number() {
+        let mut p = vec![0u8; 4096];
+        dirty::fill_page(&mut p, 7, 3);
+        assert!(dirty::page_ok(&p, 7));
+        assert!(!dirty::page_ok(&p, 8), "another page's index");
+        let mut torn = p.clone();
+        dirty::fill_page(&mut torn[..2048], 7, 4);
+        assert!(!dirty::page_ok(&torn, 7), "half of a newer rewrite");
+        p[4000] ^= 1;
+        assert!(!dirty::page_ok(&p, 7), "one flipped bit");
+        let mut zero = vec![0u8; 4096];
+        dirty::fill_page(&mut zero, 0, 0);
+        assert!(zero[8..].chunks(8).all(|w| w != [0u8; 8]), "no zero word");
+    }
 
     #[test]
     fn the_touch_pattern_has_no_zero_word_and_no_repeated_page() {
