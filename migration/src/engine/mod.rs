@@ -332,7 +332,9 @@ pub enum EngineError<E: std::error::Error + 'static> {
     #[error("cancelled")]
     Cancelled,
     /// The attempt failed, and then turning dirty logging off failed too.
-    #[error("{cause}; then turning dirty logging off failed: {stop}")]
+    // `cause` is formatted through `to_string` so that thiserror does not bound the impl on
+    // `Box<EngineError<E>>: Display`, which would recurse.
+    #[error("{}; then turning dirty logging off failed: {stop}", .cause.to_string())]
     StopTracking {
         /// Why the attempt ended.
         cause: Box<EngineError<E>>,
