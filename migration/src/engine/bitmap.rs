@@ -38,12 +38,18 @@ fn words_for(pages: u64) -> usize {
 impl DirtyBitmap {
     /// A clear bitmap of `pages` pages.
     pub fn new(pages: u64) -> Self {
-        Self { words: vec![0; words_for(pages)], pages }
+        Self {
+            words: vec![0; words_for(pages)],
+            pages,
+        }
     }
 
     /// A bitmap of `pages` pages with every bit set.
     pub fn full(pages: u64) -> Self {
-        let mut bitmap = Self { words: vec![u64::MAX; words_for(pages)], pages };
+        let mut bitmap = Self {
+            words: vec![u64::MAX; words_for(pages)],
+            pages,
+        };
         let tail = pages % 64;
         if let (Some(last), true) = (bitmap.words.last_mut(), tail != 0) {
             *last = (1u64 << tail) - 1;
@@ -57,7 +63,11 @@ impl DirtyBitmap {
     pub fn from_words(words: Vec<u64>, pages: u64) -> Result<Self, BitmapError> {
         let expected = words_for(pages);
         if words.len() != expected {
-            return Err(BitmapError::WordCount { pages, expected, got: words.len() });
+            return Err(BitmapError::WordCount {
+                pages,
+                expected,
+                got: words.len(),
+            });
         }
         let tail = pages % 64;
         if let (Some(&last), true) = (words.last(), tail != 0) {
@@ -99,7 +109,10 @@ impl DirtyBitmap {
     /// Whether page `index` is dirty (`false` past the end).
     pub fn get(&self, index: u64) -> bool {
         index < self.pages
-            && self.words.get((index / 64) as usize).is_some_and(|w| w & (1 << (index % 64)) != 0)
+            && self
+                .words
+                .get((index / 64) as usize)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
     /// The number of dirty pages.
@@ -175,11 +188,18 @@ mod tests {
     fn from_words_refuses_wrong_size_and_bits_past_the_end() {
         assert_eq!(
             DirtyBitmap::from_words(vec![0; 3], 100),
-            Err(BitmapError::WordCount { pages: 100, expected: 2, got: 3 })
+            Err(BitmapError::WordCount {
+                pages: 100,
+                expected: 2,
+                got: 3
+            })
         );
         assert_eq!(
             DirtyBitmap::from_words(vec![0, 1 << 40], 100),
-            Err(BitmapError::BitPastEnd { pages: 100, page: 104 })
+            Err(BitmapError::BitPastEnd {
+                pages: 100,
+                page: 104
+            })
         );
         let b = DirtyBitmap::from_words(vec![1, 1 << 35], 100).expect("valid words");
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![0, 99]);

@@ -217,7 +217,10 @@ impl Params {
             return Err(ParamsError::PageSize(page_size));
         }
         if self.batch_pages * page_size > MAX_BATCH_BYTES {
-            return Err(ParamsError::BatchTooLarge { pages: self.batch_pages, page_size });
+            return Err(ParamsError::BatchTooLarge {
+                pages: self.batch_pages,
+                page_size,
+            });
         }
         Ok(())
     }

@@ -120,7 +120,13 @@ where
         Ok((pending, bandwidth)) => {
             run.progress.state = MigrationState::Switchover;
             run.tell();
-            Ok(Switchover { pending, progress: run.progress, start, bandwidth, params: run.params })
+            Ok(Switchover {
+                pending,
+                progress: run.progress,
+                start,
+                bandwidth,
+                params: run.params,
+            })
         }
         Err(error) => Err(run.fail(error)),
     }
@@ -147,7 +153,13 @@ where
     H: Throttle,
     P: FnMut(&Progress),
 {
-    let Switchover { pending, progress, start, bandwidth, params } = switchover;
+    let Switchover {
+        pending,
+        progress,
+        start,
+        bandwidth,
+        params,
+    } = switchover;
     let mut run = Run {
         params,
         source,
@@ -222,7 +234,10 @@ where
         };
         let error = match self.source.stop_tracking() {
             Ok(()) => error,
-            Err(stop) => EngineError::StopTracking { cause: Box::new(error), stop },
+            Err(stop) => EngineError::StopTracking {
+                cause: Box::new(error),
+                stop,
+            },
         };
         self.tell();
         error
@@ -262,10 +277,15 @@ where
             let now = self.clock.now();
             let remaining = dirty.count() * page_size as u64;
             let round_bandwidth = rate(round_bytes, now.saturating_sub(round_start));
-            let overall = rate(self.progress.bytes_sent, now.saturating_sub(first_round_start));
+            let overall = rate(
+                self.progress.bytes_sent,
+                now.saturating_sub(first_round_start),
+            );
             // A round of zero pages only measures nothing about the link: fall back to the
             // whole attempt's figure.
-            let bandwidth = round_bandwidth.filter(|&b| b > 0).or(overall.filter(|&b| b > 0));
+            let bandwidth = round_bandwidth
+                .filter(|&b| b > 0)
+                .or(overall.filter(|&b| b > 0));
             let dirty_rate = rate(remaining, now.saturating_sub(last_read));
             last_read = now;
             let expected = if remaining == 0 {
@@ -326,7 +346,10 @@ where
         let started = self.clock.now();
         let dirty = self.take_dirty(pages)?;
         if pending.len() != pages {
-            return Err(EngineError::BitmapSize { expected: pages, got: pending.len() });
+            return Err(EngineError::BitmapSize {
+                expected: pages,
+                got: pending.len(),
+            });
         }
         pending.union_with(&dirty);
         self.progress.round += 1;
@@ -358,7 +381,10 @@ where
     fn take_dirty(&mut self, pages: u64) -> Result<DirtyBitmap, S::Error> {
         let dirty = self.source.take_dirty().map_err(EngineError::Source)?;
         if dirty.len() != pages {
-            return Err(EngineError::BitmapSize { expected: pages, got: dirty.len() });
+            return Err(EngineError::BitmapSize {
+                expected: pages,
+                got: dirty.len(),
+            });
         }
         Ok(dirty)
     }
@@ -381,7 +407,11 @@ where
     }
 
     /// Sends `indices` in batches; `since` is when the round began, for the cap.
-    fn send(&mut self, indices: impl Iterator<Item = u64>, since: Duration) -> Result<(), S::Error> {
+    fn send(
+        &mut self,
+        indices: impl Iterator<Item = u64>,
+        since: Duration,
+    ) -> Result<(), S::Error> {
         let mut batch = Vec::with_capacity(self.params.batch_pages);
         let mut sent_since = 0u64;
         for index in indices {
@@ -421,7 +451,9 @@ where
             if self.source.is_zero(index).map_err(EngineError::Source)? {
                 zero[slot] = true;
             } else {
-                self.source.read_page(index, chunk).map_err(EngineError::Source)?;
+                self.source
+                    .read_page(index, chunk)
+                    .map_err(EngineError::Source)?;
             }
         }
         let records: Vec<PageRecord<'_>> = batch
@@ -430,7 +462,11 @@ where
             .zip(self.buf.chunks(page_size))
             .map(|((&index, &is_zero), chunk)| PageRecord {
                 index,
-                data: if is_zero { PageData::Zero } else { PageData::Bytes(chunk) },
+                data: if is_zero {
+                    PageData::Zero
+                } else {
+                    PageData::Bytes(chunk)
+                },
             })
             .collect();
         self.transport.send_pages(&records)?;
@@ -440,8 +476,10 @@ where
         self.progress.pages_sent += pages;
         self.progress.zero_pages_sent += zeros;
         self.progress.bytes_sent += bytes;
-        self.progress.bytes_remaining =
-            self.progress.bytes_remaining.saturating_sub(pages * page_size as u64);
+        self.progress.bytes_remaining = self
+            .progress
+            .bytes_remaining
+            .saturating_sub(pages * page_size as u64);
         self.tell();
         Ok(bytes)
     }

@@ -41,20 +41,36 @@ fn baseline() -> Phases {
     rig.finish(switchover).expect("the scenario completes");
     rig.assert_destination_matches();
     let ops = &rig.transport.ops;
-    let round1 = ops.iter().position(|op| *op == TransportOp::EndRound(1)).expect("round 1") + 1;
-    let last_send = ops.iter().rposition(|op| *op == TransportOp::Send).expect("sends") + 1;
+    let round1 = ops
+        .iter()
+        .position(|op| *op == TransportOp::EndRound(1))
+        .expect("round 1")
+        + 1;
+    let last_send = ops
+        .iter()
+        .rposition(|op| *op == TransportOp::Send)
+        .expect("sends")
+        + 1;
     assert!(round1 > 10, "round 1 has batches");
     assert!(paused > round1 + 10, "dirty rounds have batches");
     assert!(last_send > paused + 1, "the final round has batches");
     assert!(
-        rig.transport.sends.iter().any(|s| !s.paused && s.throttle >= 20),
+        rig.transport
+            .sends
+            .iter()
+            .any(|s| !s.paused && s.throttle >= 20),
         "dirty rounds ran throttled"
     );
     let s = rig.guest.s.borrow();
-    let calls = [SourceOp::Start, SourceOp::TakeDirty, SourceOp::IsZero, SourceOp::Read]
-        .into_iter()
-        .map(|op| (op, s.calls[op as usize] as usize))
-        .collect();
+    let calls = [
+        SourceOp::Start,
+        SourceOp::TakeDirty,
+        SourceOp::IsZero,
+        SourceOp::Read,
+    ]
+    .into_iter()
+    .map(|op| (op, s.calls[op as usize] as usize))
+    .collect();
     Phases {
         round1,
         paused,
@@ -77,7 +93,11 @@ fn a_transport_failure_at_each_call_ends_the_attempt_with_cleanup() {
             Err(EngineError::Transport(TransportError::Closed)) => {}
             other => panic!("{what}: {other:?}"),
         }
-        assert_eq!(rig.transport.ops.len(), n, "{what}: nothing is sent after the failure");
+        assert_eq!(
+            rig.transport.ops.len(),
+            n,
+            "{what}: nothing is sent after the failure"
+        );
         let phase = if n <= phases.round1 {
             0
         } else if n <= phases.paused {
@@ -86,17 +106,26 @@ fn a_transport_failure_at_each_call_ends_the_attempt_with_cleanup() {
             2
         };
         hit[phase] += 1;
-        assert_eq!(rig.w.paused.get(), phase == 2, "{what}: failed in the wrong phase");
+        assert_eq!(
+            rig.w.paused.get(),
+            phase == 2,
+            "{what}: failed in the wrong phase"
+        );
         assert_eq!(rig.last_state(), MigrationState::Failed, "{what}");
         rig.assert_clean(&what);
     }
-    assert!(hit.iter().all(|&h| h > 2), "round 1, dirty rounds, final round: {hit:?}");
+    assert!(
+        hit.iter().all(|&h| h > 2),
+        "round 1, dirty rounds, final round: {hit:?}"
+    );
 }
 
 #[test]
 fn a_transport_failure_at_each_twentieth_of_the_bytes_ends_the_attempt_with_cleanup() {
     let phases = baseline();
-    let offsets = (0..20).map(|k| phases.wire_bytes * k / 20).chain([phases.wire_bytes - 1]);
+    let offsets = (0..20)
+        .map(|k| phases.wire_bytes * k / 20)
+        .chain([phases.wire_bytes - 1]);
     for byte in offsets {
         let (mut rig, params) = scenario();
         rig.transport.fail_at_byte = Some(byte);
@@ -122,7 +151,10 @@ fn cancel_during_each_call_ends_the_attempt_with_cleanup() {
         let result = rig.migrate(&params);
         if n < phases.last_send {
             // Checked before the next batch or at the end of the round.
-            assert!(matches!(result, Err(EngineError::Cancelled)), "{what}: {result:?}");
+            assert!(
+                matches!(result, Err(EngineError::Cancelled)),
+                "{what}: {result:?}"
+            );
             assert_eq!(rig.last_state(), MigrationState::Cancelled, "{what}");
             assert!(rig.transport.ops.len() <= n + 1, "{what}: kept sending");
         } else {
@@ -139,7 +171,11 @@ fn cancel_before_the_start_touches_nothing() {
     let (mut rig, params) = scenario();
     rig.cancel.store(true, Ordering::Release);
     assert!(matches!(rig.precopy(&params), Err(EngineError::Cancelled)));
-    assert_eq!(rig.guest.s.borrow().start_calls, 0, "tracking never started");
+    assert_eq!(
+        rig.guest.s.borrow().start_calls,
+        0,
+        "tracking never started"
+    );
     assert!(rig.transport.ops.is_empty());
     rig.assert_clean("cancelled before the start");
 }
@@ -173,12 +209,19 @@ fn a_failure_to_stop_tracking_is_reported_with_its_cause() {
     rig.guest.s.borrow_mut().fail = Some((SourceOp::Stop, 1));
     match rig.migrate(&params) {
         Err(EngineError::StopTracking { cause, stop }) => {
-            assert!(matches!(*cause, EngineError::Transport(TransportError::Closed)));
+            assert!(matches!(
+                *cause,
+                EngineError::Transport(TransportError::Closed)
+            ));
             assert_eq!(stop.0, SourceOp::Stop);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(rig.w.throttle.get(), 0, "the throttle is lifted all the same");
+    assert_eq!(
+        rig.w.throttle.get(),
+        0,
+        "the throttle is lifted all the same"
+    );
 }
 
 #[test]
@@ -212,11 +255,41 @@ fn a_dirty_log_of_the_wrong_size_is_refused_with_cleanup() {
 #[test]
 fn bad_parameters_are_refused_before_anything_starts() {
     let cases = [
-        (Params { downtime: Duration::ZERO, ..Params::default() }, ParamsError::ZeroDowntime),
-        (Params { timeout: Duration::ZERO, ..Params::default() }, ParamsError::ZeroTimeout),
-        (Params { max_bandwidth: Some(0), ..Params::default() }, ParamsError::ZeroBandwidth),
-        (Params { batch_pages: 0, ..Params::default() }, ParamsError::BatchPages(0)),
-        (Params { batch_pages: 4097, ..Params::default() }, ParamsError::BatchPages(4097)),
+        (
+            Params {
+                downtime: Duration::ZERO,
+                ..Params::default()
+            },
+            ParamsError::ZeroDowntime,
+        ),
+        (
+            Params {
+                timeout: Duration::ZERO,
+                ..Params::default()
+            },
+            ParamsError::ZeroTimeout,
+        ),
+        (
+            Params {
+                max_bandwidth: Some(0),
+                ..Params::default()
+            },
+            ParamsError::ZeroBandwidth,
+        ),
+        (
+            Params {
+                batch_pages: 0,
+                ..Params::default()
+            },
+            ParamsError::BatchPages(0),
+        ),
+        (
+            Params {
+                batch_pages: 4097,
+                ..Params::default()
+            },
+            ParamsError::BatchPages(4097),
+        ),
     ];
     for (params, expected) in cases {
         let (mut rig, _) = scenario();
@@ -224,14 +297,24 @@ fn bad_parameters_are_refused_before_anything_starts() {
             Err(EngineError::Params(e)) => assert_eq!(e, expected),
             other => panic!("{expected}: {other:?}"),
         }
-        assert_eq!(rig.guest.s.borrow().start_calls, 0, "{expected}: tracking never started");
+        assert_eq!(
+            rig.guest.s.borrow().start_calls,
+            0,
+            "{expected}: tracking never started"
+        );
         assert!(rig.transport.ops.is_empty());
         assert_eq!(rig.last_state(), MigrationState::Failed);
     }
-    let big = Params { batch_pages: 4096, ..Params::default() };
+    let big = Params {
+        batch_pages: 4096,
+        ..Params::default()
+    };
     assert_eq!(
         big.check(64 * 1024),
-        Err(ParamsError::BatchTooLarge { pages: 4096, page_size: 64 * 1024 })
+        Err(ParamsError::BatchTooLarge {
+            pages: 4096,
+            page_size: 64 * 1024
+        })
     );
     assert_eq!(Params::default().check(0), Err(ParamsError::PageSize(0)));
     assert_eq!(Params::default().check(4096), Ok(()));
@@ -241,9 +324,17 @@ fn bad_parameters_are_refused_before_anything_starts() {
 fn a_timeout_in_the_first_round_ends_the_attempt_with_cleanup() {
     // 128 KiB of non-zero pages over 64 KiB/s take 2 s; the timeout is 1 s.
     let mut rig = Rig::new(64, 2, 0.0, 64 * 1024);
-    let params = Params { timeout: Duration::from_secs(1), batch_pages: 4, ..Params::default() };
+    let params = Params {
+        timeout: Duration::from_secs(1),
+        batch_pages: 4,
+        ..Params::default()
+    };
     match rig.precopy(&params) {
-        Err(EngineError::Timeout { round: 1, remaining, .. }) => assert!(remaining > 0),
+        Err(EngineError::Timeout {
+            round: 1,
+            remaining,
+            ..
+        }) => assert!(remaining > 0),
         other => panic!("{other:?}"),
     }
     assert!(
@@ -257,11 +348,18 @@ fn a_timeout_in_the_first_round_ends_the_attempt_with_cleanup() {
 fn abort_after_switchover_stops_tracking_and_lifts_the_throttle() {
     let (mut rig, params) = scenario();
     let switchover = rig.precopy(&params).expect("converges");
-    assert!(rig.guest.s.borrow().tracking, "still tracking at the switchover");
-    assert!(rig.w.throttle.get() > 0, "still throttled at the switchover");
+    assert!(
+        rig.guest.s.borrow().tracking,
+        "still tracking at the switchover"
+    );
+    assert!(
+        rig.w.throttle.get() > 0,
+        "still throttled at the switchover"
+    );
     assert!(switchover.pending_pages() > 0 || switchover.progress().bytes_remaining == 0);
-    let progress =
-        switchover.abort(&mut rig.guest, &mut rig.throttle).expect("tracking turns off");
+    let progress = switchover
+        .abort(&mut rig.guest, &mut rig.throttle)
+        .expect("tracking turns off");
     assert_eq!(progress.state, MigrationState::Failed);
     assert_eq!(progress.throttle_percent, 0);
     assert!(!rig.guest.s.borrow().tracking);

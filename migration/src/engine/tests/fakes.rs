@@ -144,7 +144,10 @@ impl FakeGuest {
 
     pub fn nonzero_pages(&self) -> u64 {
         let s = self.s.borrow();
-        s.mem.chunks(PAGE).filter(|p| p.iter().any(|&b| b != 0)).count() as u64
+        s.mem
+            .chunks(PAGE)
+            .filter(|p| p.iter().any(|&b| b != 0))
+            .count() as u64
     }
 
     /// Writes the pages owed for the time since the last run, at the scripted rate scaled by
@@ -317,12 +320,17 @@ impl FakeTransport {
         if self.fail_at_call == Some(n) {
             return Err(TransportError::Closed);
         }
-        if self.fail_at_byte.is_some_and(|b| self.wire_bytes + wire > b) {
+        if self
+            .fail_at_byte
+            .is_some_and(|b| self.wire_bytes + wire > b)
+        {
             return Err(TransportError::Io(std::io::ErrorKind::BrokenPipe.into()));
         }
         self.wire_bytes += wire;
         let nanos = (u128::from(wire) * 1_000_000_000).div_ceil(u128::from(self.link));
-        self.w.now.set(self.w.now.get() + Duration::from_nanos(nanos as u64));
+        self.w
+            .now
+            .set(self.w.now.get() + Duration::from_nanos(nanos as u64));
         Ok(())
     }
 }

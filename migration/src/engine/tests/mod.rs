@@ -86,10 +86,14 @@ impl Rig {
         assert!(s.stop_calls >= 1, "{what}: stop_tracking was never called");
         assert!(
             !s.tracking || matches!(s.fail, Some((fakes::SourceOp::Stop, _))),
-            "{what}: dirty tracking is still on");
+            "{what}: dirty tracking is still on"
+        );
         assert_eq!(self.w.throttle.get(), 0, "{what}: throttle not lifted");
         let last = self.reports.last().expect("at least one report");
-        assert_eq!(last.throttle_percent, 0, "{what}: the last report shows a throttle");
+        assert_eq!(
+            last.throttle_percent, 0,
+            "{what}: the last report shows a throttle"
+        );
     }
 
     pub fn last_state(&self) -> MigrationState {
@@ -100,26 +104,45 @@ impl Rig {
     pub fn assert_destination_matches(&self) {
         let s = self.guest.s.borrow();
         for (i, (page, dest)) in s.mem.chunks(PAGE).zip(&self.transport.dest).enumerate() {
-            let dest = dest.as_ref().unwrap_or_else(|| panic!("page {i} never arrived"));
-            assert!(dest.as_slice() == page, "page {i} differs on the destination");
+            let dest = dest
+                .as_ref()
+                .unwrap_or_else(|| panic!("page {i} never arrived"));
+            assert!(
+                dest.as_slice() == page,
+                "page {i} differs on the destination"
+            );
         }
     }
 }
 
 fn params() -> Params {
-    Params { batch_pages: 64, ..Params::default() }
+    Params {
+        batch_pages: 64,
+        ..Params::default()
+    }
 }
 
 #[test]
 fn idle_guest_converges_after_the_first_round() {
     let mut rig = Rig::new(2048, 4, 0.0, 100 * MIB);
     let done = rig.migrate(&params()).expect("an idle guest migrates");
-    let rounds: Vec<_> =
-        rig.transport.ops.iter().filter(|op| matches!(op, fakes::TransportOp::EndRound(_))).collect();
+    let rounds: Vec<_> = rig
+        .transport
+        .ops
+        .iter()
+        .filter(|op| matches!(op, fakes::TransportOp::EndRound(_)))
+        .collect();
     assert_eq!(rounds.len(), 2, "round 1 and the final round: {rounds:?}");
     assert_eq!(done.final_pages, 0);
-    assert_eq!(rig.transport.zero_records + rig.transport.byte_records, 2048, "each page once");
-    assert!(rig.w.throttle_log.borrow().iter().all(|&t| t == 0), "never throttled");
+    assert_eq!(
+        rig.transport.zero_records + rig.transport.byte_records,
+        2048,
+        "each page once"
+    );
+    assert!(
+        rig.w.throttle_log.borrow().iter().all(|&t| t == 0),
+        "never throttled"
+    );
     assert_eq!(done.progress.round, 2);
     rig.assert_destination_matches();
     rig.assert_clean("after finish");
@@ -129,10 +152,17 @@ fn idle_guest_converges_after_the_first_round() {
 fn a_guest_dirtying_slower_than_the_link_converges_without_throttle() {
     // 16 MiB guest, link 64 MiB/s = 16384 pages/s, guest writes 4000 pages/s.
     let mut rig = Rig::new(4096, 1, 4000.0, 64 * MIB);
-    let p = Params { downtime: Duration::from_millis(20), ..params() };
+    let p = Params {
+        downtime: Duration::from_millis(20),
+        ..params()
+    };
     let switchover = rig.precopy(&p).expect("converges");
     let progress = switchover.progress().clone();
-    assert!(progress.round >= 2, "a dirtying guest needs dirty rounds: {}", progress.round);
+    assert!(
+        progress.round >= 2,
+        "a dirtying guest needs dirty rounds: {}",
+        progress.round
+    );
     let expected = progress.expected_downtime.expect("an estimate");
     assert!(expected <= p.downtime, "{expected:?}");
     // The estimate is what the rule says: remaining at the round's bandwidth.
@@ -141,7 +171,10 @@ fn a_guest_dirtying_slower_than_the_link_converges_without_throttle() {
     assert_eq!(progress.state, MigrationState::Switchover);
     rig.guest.pause();
     rig.finish(switchover).expect("final round");
-    assert!(rig.w.throttle_log.borrow().iter().all(|&t| t == 0), "never throttled");
+    assert!(
+        rig.w.throttle_log.borrow().iter().all(|&t| t == 0),
+        "never throttled"
+    );
     rig.assert_destination_matches();
     rig.assert_clean("after finish");
 }
@@ -165,7 +198,10 @@ fn a_guest_dirtying_faster_than_the_link_times_out_without_auto_converge() {
         other => panic!("expected a timeout, got {other}"),
     }
     assert!(rig.clock.0.now.get() >= p.timeout);
-    assert!(rig.w.throttle_log.borrow().iter().all(|&t| t == 0), "never throttled");
+    assert!(
+        rig.w.throttle_log.borrow().iter().all(|&t| t == 0),
+        "never throttled"
+    );
     assert_eq!(rig.last_state(), MigrationState::Failed);
     rig.assert_clean("after the timeout");
 }
@@ -183,14 +219,22 @@ fn auto_converge_steps_the_throttle_from_20_by_10_and_converges() {
     let switchover = rig.precopy(&p).expect("converges through auto-converge");
     let log = rig.w.throttle_log.borrow().clone();
     assert!(log.len() >= 5, "{log:?}");
-    let expected: Vec<u8> = (0..log.len() as u8).map(|i| (20 + 10 * i).min(THROTTLE_MAX)).collect();
+    let expected: Vec<u8> = (0..log.len() as u8)
+        .map(|i| (20 + 10 * i).min(THROTTLE_MAX))
+        .collect();
     assert_eq!(log, expected, "steps of 10 from 20");
     assert!(*log.last().expect("a step") > 50, "{log:?}");
     let reported: Vec<u8> = rig.reports.iter().map(|r| r.throttle_percent).collect();
     for step in &log {
-        assert!(reported.contains(step), "throttle {step} was never reported");
+        assert!(
+            reported.contains(step),
+            "throttle {step} was never reported"
+        );
     }
-    assert_eq!(switchover.progress().throttle_percent, *log.last().expect("a step"));
+    assert_eq!(
+        switchover.progress().throttle_percent,
+        *log.last().expect("a step")
+    );
     // The dirty rounds ran throttled, and the estimate met the target.
     assert!(rig.transport.sends.iter().any(|s| s.throttle >= 60));
     assert!(switchover.progress().expected_downtime.expect("estimate") <= p.downtime);
@@ -223,7 +267,11 @@ fn the_bandwidth_cap_holds_within_one_batch() {
     // Link 64 MiB/s, cap 8 MiB/s, a dirtying guest so dirty rounds are paced too.
     let cap = 8 * MIB;
     let mut rig = Rig::new(2048, 1, 1000.0, 64 * MIB);
-    let p = Params { max_bandwidth: Some(cap), batch_pages: 32, ..params() };
+    let p = Params {
+        max_bandwidth: Some(cap),
+        batch_pages: 32,
+        ..params()
+    };
     let switchover = rig.precopy(&p).expect("converges");
     let sends = rig.transport.sends.clone();
     let first = sends.first().expect("sends").at;
@@ -240,7 +288,10 @@ fn the_bandwidth_cap_holds_within_one_batch() {
     let elapsed = rig.clock.0.now.get() - first;
     let total = rig.transport.page_bytes;
     assert!(rate(total, elapsed).expect("time passed") <= cap);
-    assert!(rig.w.slept.get() > Duration::ZERO, "the cap made the engine wait");
+    assert!(
+        rig.w.slept.get() > Duration::ZERO,
+        "the cap made the engine wait"
+    );
     // Not too slow either: the average is close to the cap.
     assert!(rate(total, elapsed).expect("time passed") >= cap * 9 / 10);
     rig.guest.pause();
@@ -266,10 +317,16 @@ fn zero_pages_travel_as_markers() {
         "{} bytes on the wire for {bound} bytes of non-zero and dirtied pages",
         rig.transport.wire_bytes
     );
-    assert!(rig.transport.zero_records >= 4096 - 512, "zero pages went as markers");
+    assert!(
+        rig.transport.zero_records >= 4096 - 512,
+        "zero pages went as markers"
+    );
     assert_eq!(done.progress.zero_pages_sent, rig.transport.zero_records);
     assert_eq!(done.progress.bytes_sent, rig.transport.page_bytes);
-    assert_eq!(rig.transport.page_bytes, rig.transport.byte_records * PAGE as u64);
+    assert_eq!(
+        rig.transport.page_bytes,
+        rig.transport.byte_records * PAGE as u64
+    );
     rig.assert_destination_matches();
 }
 
@@ -284,11 +341,22 @@ fn every_page_arrives_with_its_last_contents() {
         s.zero_every = 7;
         s.working_set = (1000, 1500);
     }
-    let p = Params { downtime: Duration::from_millis(5), batch_pages: 50, ..params() };
+    let p = Params {
+        downtime: Duration::from_millis(5),
+        batch_pages: 50,
+        ..params()
+    };
     let done = rig.migrate(&p).expect("migrates");
-    assert!(done.progress.round >= 3, "dirty rounds ran: {}", done.progress.round);
+    assert!(
+        done.progress.round >= 3,
+        "dirty rounds ran: {}",
+        done.progress.round
+    );
     assert!(done.final_pages > 0, "pages were dirty at the pause");
-    assert!(rig.transport.sends.iter().any(|s| s.paused), "a final round after the pause");
+    assert!(
+        rig.transport.sends.iter().any(|s| s.paused),
+        "a final round after the pause"
+    );
     rig.assert_destination_matches();
     rig.assert_clean("after finish");
 }
@@ -302,15 +370,29 @@ fn progress_goes_setup_precopy_switchover_with_bytes_and_rounds() {
     seen.dedup();
     assert_eq!(
         seen,
-        vec![MigrationState::Setup, MigrationState::Precopy, MigrationState::Switchover]
+        vec![
+            MigrationState::Setup,
+            MigrationState::Precopy,
+            MigrationState::Switchover
+        ]
     );
     let bytes: Vec<u64> = rig.reports.iter().map(|r| r.bytes_sent).collect();
-    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "bytes sent never go down");
-    assert!(rig.reports.iter().any(|r| r.round_bandwidth.is_some() && r.dirty_rate.is_some()));
+    assert!(
+        bytes.windows(2).all(|w| w[0] <= w[1]),
+        "bytes sent never go down"
+    );
+    assert!(
+        rig.reports
+            .iter()
+            .any(|r| r.round_bandwidth.is_some() && r.dirty_rate.is_some())
+    );
     assert!(rig.reports.iter().any(|r| r.bytes_remaining > 0));
     assert_eq!(done.progress.bytes_sent, rig.transport.page_bytes);
     assert_eq!(done.progress.bytes_remaining, 0);
-    assert_eq!(done.progress.pages_sent, rig.transport.zero_records + rig.transport.byte_records);
+    assert_eq!(
+        done.progress.pages_sent,
+        rig.transport.zero_records + rig.transport.byte_records
+    );
 }
 
 #[test]
@@ -318,6 +400,14 @@ fn rate_and_transfer_time_round_trip() {
     assert_eq!(rate(1000, Duration::ZERO), None);
     assert_eq!(rate(1000, Duration::from_millis(500)), Some(2000));
     assert_eq!(transfer_time(2000, 1000), Duration::from_secs(2));
-    assert_eq!(transfer_time(1, 3), Duration::from_nanos(333_333_334), "rounded up");
-    assert_eq!(rate(u64::MAX, Duration::from_nanos(1)), Some(u64::MAX), "saturates");
+    assert_eq!(
+        transfer_time(1, 3),
+        Duration::from_nanos(333_333_334),
+        "rounded up"
+    );
+    assert_eq!(
+        rate(u64::MAX, Duration::from_nanos(1)),
+        Some(u64::MAX),
+        "saturates"
+    );
 }
