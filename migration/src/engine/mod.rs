@@ -30,9 +30,7 @@ pub const PAGE_SIZE: usize = 4096;
 /// The largest page size the engine accepts from a source (64 KiB host pages).
 pub const MAX_PAGE_SIZE: usize = 64 * 1024;
 
-/// The most pages one batch may hold, so a batch buffer stays small (64 MiB at 16 Ki pages of
-/// 4 KiB would be too much to hold; 4096 pages of 64 KiB is 256 MiB, so the product is
-/// checked too).
+/// The most pages one batch may hold (the batch buffer is also bounded by [`MAX_BATCH_BYTES`]).
 pub const MAX_BATCH_PAGES: usize = 4096;
 
 /// The most bytes one batch's buffer may take.
