@@ -10,6 +10,7 @@
 //! The byte layout and the versioning rules are in DESIGN.md.
 
 mod crc64;
+pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod snapshot;
