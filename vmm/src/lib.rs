@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod loader;
 pub mod logger;
 pub mod metrics;
+pub mod migration;
 pub mod persist;
 pub mod vm;
 

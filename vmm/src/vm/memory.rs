@@ -326,7 +326,7 @@ impl Ram {
 /// Whether every byte is zero. Each 64-byte chunk is OR-folded without an early exit, which
 /// the compiler turns into a few vector instructions; a byte-by-byte scan with early exit
 /// cost about ten times as much on the zero pages a guest's memory is full of.
-fn is_zero(bytes: &[u8]) -> bool {
+pub fn is_zero(bytes: &[u8]) -> bool {
     let chunks = bytes.chunks_exact(64);
     let rest = chunks.remainder();
     chunks
