@@ -58,6 +58,9 @@ struct Shared {
     want: Want,
     paused: bool,
     exited: bool,
+    /// Held out of KVM_RUN by the migration throttle: separate from `want`, so lifting a
+    /// hold never resumes a vCPU the user paused.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,7 @@ impl VcpuHandle {
                 want: if paused { Want::Pause } else { Want::Run },
                 paused: false,
                 exited: false,
+                held: false,
             }),
             cv: Condvar::new(),
         });
@@ -173,6 +177,16 @@ impl VcpuHandle {
         }
     }
 
+    /// A handle that holds this vCPU out of KVM_RUN from another thread (the migration
+    /// throttle); `None` once the thread has ended.
+    pub fn hold_handle(&self) -> Option<VcpuHold> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread.as_ref().map(|t| VcpuHold {
+            control: self.control.clone(),
+            thread: t.as_pthread_t(),
+        })
+    }
+
     /// Whether the vCPU is parked by a pause.
     pub fn is_paused(&self) -> bool {
         self.control.lock().paused
@@ -213,10 +227,44 @@ impl Drop for VcpuHandle {
     }
 }
 
+/// Holds a vCPU out of KVM_RUN and lets it go again, from any thread. A hold is not a pause:
+/// a vCPU the user paused stays paused when its hold is released.
+#[derive(Debug, Clone)]
+pub struct VcpuHold {
+    control: Arc<Control>,
+    thread: std::os::unix::thread::RawPthread,
+}
+
+impl VcpuHold {
+    /// Takes the vCPU out of KVM_RUN; returns once it is parked (or has ended).
+    pub fn hold(&self) {
+        let mut s = self.control.lock();
+        s.held = true;
+        self.control.cv.notify_all();
+        while !s.paused && !s.exited {
+            // SAFETY: the lock is held, so the thread cannot pass `finish` and end: its
+            // pthread_t is still valid; the signal's handler does nothing.
+            unsafe { libc::pthread_kill(self.thread as libc::pthread_t, kick_signal()) };
+            s = self
+                .control
+                .cv
+                .wait_timeout(s, KICK_RETRY)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets the vCPU run again, unless it is paused.
+    pub fn release(&self) {
+        self.control.lock().held = false;
+        self.control.cv.notify_all();
+    }
+}
+
 /// Parks while paused; returns false when the thread must end.
 fn checkpoint(c: &Control) -> bool {
     let mut s = c.lock();
-    while s.want == Want::Pause {
+    while s.want == Want::Pause || (s.held && s.want != Want::Stop) {
         if !s.paused {
             s.paused = true;
             c.cv.notify_all();
