@@ -12,6 +12,7 @@
 mod crc64;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod protocol;
 pub mod snapshot;
 pub mod state;
 
