@@ -145,3 +145,5 @@ fn escaped_start(bytes: &[u8]) -> String {
         .collect()
 }
 
+#[cfg(test)]
+pub(crate) mod tests;
