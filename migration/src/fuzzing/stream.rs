@@ -35,7 +35,12 @@ fn check_stream(data: &[u8]) {
         };
         let used = before.len() - rest.len();
         let again = encode_message(&m).expect("a decoded message encodes");
-        assert_eq!(again, before[..used], "a decoded {} re-encodes to its frame", m.name());
+        assert_eq!(
+            again,
+            before[..used],
+            "a decoded {} re-encodes to its frame",
+            m.name()
+        );
         let (decoded, len) = decode_message(&again).expect("a re-encoded message decodes");
         assert_eq!((decoded, len), (m.clone(), used));
         match &m {

@@ -267,7 +267,13 @@ fn encode_payload(m: &Message) -> Result<Vec<u8>, ProtocolError> {
             out.extend_from_slice(&protocol_version.to_le_bytes());
             out.extend_from_slice(&min_protocol_version.to_le_bytes());
             out.extend_from_slice(&arch.to_le_bytes());
-            put_str(&mut out, name, "vmm_version", vmm_version, MAX_VMM_VERSION_LEN)?;
+            put_str(
+                &mut out,
+                name,
+                "vmm_version",
+                vmm_version,
+                MAX_VMM_VERSION_LEN,
+            )?;
         }
         Message::Welcome { protocol_version } => {
             out.extend_from_slice(&protocol_version.to_le_bytes());
@@ -381,9 +387,7 @@ fn decode_payload(kind: MessageType, payload: &[u8]) -> Result<Message, Protocol
         MessageType::State => Message::State {
             sections: p.sections()?,
         },
-        MessageType::Memory => Message::Memory {
-            pages: p.pages()?,
-        },
+        MessageType::Memory => Message::Memory { pages: p.pages()? },
         MessageType::Ready => Message::Ready,
         MessageType::Loaded => Message::Loaded,
         MessageType::Commit => Message::Commit,
@@ -479,7 +483,10 @@ impl<'a> Payload<'a> {
             }
             let data = match self.u8(&format!("kind of page record {i}"))? {
                 0 => PageData::Zero,
-                1 => PageData::Bytes(self.take(PAGE_SIZE, &format!("data of page {index:#x}"))?.to_vec()),
+                1 => PageData::Bytes(
+                    self.take(PAGE_SIZE, &format!("data of page {index:#x}"))?
+                        .to_vec(),
+                ),
                 k => {
                     return Err(self.malformed(format!(
                         "page record {i} (page {index:#x}) has kind {k}; 0 (zero) and 1 (bytes) are defined"

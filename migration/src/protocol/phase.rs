@@ -85,13 +85,7 @@ impl Phase {
                 STOPS[2],
             ],
             Self::AwaitPreflight => &[(S, T::Preflight), STOPS[0], STOPS[1], STOPS[2]],
-            Self::AwaitReady => &[
-                (D, T::Ready),
-                (D, T::Refuse),
-                STOPS[0],
-                STOPS[1],
-                STOPS[2],
-            ],
+            Self::AwaitReady => &[(D, T::Ready), (D, T::Refuse), STOPS[0], STOPS[1], STOPS[2]],
             Self::Precopy { .. } => &[
                 (S, T::Memory),
                 (S, T::RoundEnd),
@@ -119,9 +113,7 @@ impl Phase {
             return Err(unexpected());
         }
         Ok(match (self, m) {
-            (_, Message::Refuse { .. } | Message::Abort { .. } | Message::Cancelled) => {
-                Self::Ended
-            }
+            (_, Message::Refuse { .. } | Message::Abort { .. } | Message::Cancelled) => Self::Ended,
             (Self::AwaitHello, _) => Self::AwaitWelcome,
             (Self::AwaitWelcome, _) => Self::AwaitPreflight,
             (Self::AwaitPreflight, _) => Self::AwaitReady,

@@ -63,10 +63,9 @@ fn the_seeds_are_current() {
     on_disk.sort();
     assert_eq!(on_disk, ["1-golden", "2-truncated", "3-corrupt"]);
     // The golden seed is the golden stream of the tests.
-    let golden = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/stream-v1.bin"),
-    )
-    .unwrap();
+    let golden =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/stream-v1.bin"))
+            .unwrap();
     assert!(seeds()[0].1 == golden);
 }
 
@@ -97,7 +96,8 @@ fn each_seed_reaches_its_code() {
     let (n, e) = read_all(&fix_checksums(&seeds[2].1));
     assert_eq!(n, 6);
     assert!(
-        e.to_string().starts_with("malformed State message: its sections: "),
+        e.to_string()
+            .starts_with("malformed State message: its sections: "),
         "{e}"
     );
 }
@@ -149,6 +149,9 @@ fn smoke_migration_stream() {
     for (i, input) in inputs.iter().enumerate() {
         let hex: String = input.iter().take(400).map(|b| format!("{b:02x}")).collect();
         let ok = std::panic::catch_unwind(|| migration_stream(input));
-        assert!(ok.is_ok(), "smoke input {i} panicked; its first bytes in hex: {hex}");
+        assert!(
+            ok.is_ok(),
+            "smoke input {i} panicked; its first bytes in hex: {hex}"
+        );
     }
 }

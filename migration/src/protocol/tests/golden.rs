@@ -35,5 +35,9 @@ fn golden_stream_of_this_version_is_what_we_write() {
     }
     let stored = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (VMM_BLESS=1 writes it)", path.display()));
-    assert!(stored == bytes, "{} differs from what this build writes", path.display());
+    assert!(
+        stored == bytes,
+        "{} differs from what this build writes",
+        path.display()
+    );
 }

@@ -17,7 +17,12 @@ fn every_message_round_trips() {
     assert_eq!(kinds, MessageType::ALL, "one of each type");
     for m in &all {
         let f = encode_message(m).unwrap();
-        assert_eq!(decode_message(&f).unwrap(), (m.clone(), f.len()), "{}", m.name());
+        assert_eq!(
+            decode_message(&f).unwrap(),
+            (m.clone(), f.len()),
+            "{}",
+            m.name()
+        );
         let mut w = Vec::new();
         write_message(&mut w, m).unwrap();
         assert_eq!(w, f);
@@ -68,13 +73,32 @@ fn payload_layouts_are_as_documented() {
         vmm_version: "v9".to_string(),
         arch: 0xAA64,
     });
-    assert_eq!(hello, [3, 0, 0, 0, 2, 0, 0, 0, 0x64, 0xAA, 2, 0, b'v', b'9']);
-    assert_eq!(payload(&Message::Welcome { protocol_version: 0x0102_0304 }), [4, 3, 2, 1]);
-    assert_eq!(payload(&Message::Refuse { reason: "no".to_string() }), [2, 0, b'n', b'o']);
+    assert_eq!(
+        hello,
+        [3, 0, 0, 0, 2, 0, 0, 0, 0x64, 0xAA, 2, 0, b'v', b'9']
+    );
+    assert_eq!(
+        payload(&Message::Welcome {
+            protocol_version: 0x0102_0304
+        }),
+        [4, 3, 2, 1]
+    );
+    assert_eq!(
+        payload(&Message::Refuse {
+            reason: "no".to_string()
+        }),
+        [2, 0, b'n', b'o']
+    );
     let memory = payload(&Message::Memory {
         pages: vec![
-            PageRecord { index: 0x0102, data: PageData::Zero },
-            PageRecord { index: 5, data: PageData::Bytes(pattern_page(1)) },
+            PageRecord {
+                index: 0x0102,
+                data: PageData::Zero,
+            },
+            PageRecord {
+                index: 5,
+                data: PageData::Bytes(pattern_page(1)),
+            },
         ],
     });
     assert_eq!(memory.len(), 4 + 9 + 9 + PAGE_SIZE);
@@ -83,10 +107,18 @@ fn payload_layouts_are_as_documented() {
     assert_eq!(&memory[22..], pattern_page(1));
     let set = sections(&[("gic", 1, b"x")]);
     assert_eq!(
-        payload(&Message::State { sections: set.clone() }),
+        payload(&Message::State {
+            sections: set.clone()
+        }),
         crate::snapshot::encode_snapshot(&set).unwrap()
     );
-    for m in [Message::Ready, Message::Loaded, Message::Commit, Message::Running, Message::Cancelled] {
+    for m in [
+        Message::Ready,
+        Message::Loaded,
+        Message::Commit,
+        Message::Running,
+        Message::Cancelled,
+    ] {
         assert!(payload(&m).is_empty(), "{}", m.name());
     }
 }
@@ -96,13 +128,22 @@ fn a_full_memory_message_round_trips_and_one_page_more_is_refused() {
     let mut pages: Vec<PageRecord> = (0..MAX_PAGES_PER_MESSAGE as u64)
         .map(|i| PageRecord {
             index: i * 3,
-            data: if i % 2 == 0 { PageData::Bytes(pattern_page(i as u8)) } else { PageData::Zero },
+            data: if i % 2 == 0 {
+                PageData::Bytes(pattern_page(i as u8))
+            } else {
+                PageData::Zero
+            },
         })
         .collect();
-    let m = Message::Memory { pages: pages.clone() };
+    let m = Message::Memory {
+        pages: pages.clone(),
+    };
     let f = encode_message(&m).unwrap();
     assert_eq!(read_message(&mut &f[..]).unwrap(), m);
-    pages.push(PageRecord { index: 1 << 40, data: PageData::Zero });
+    pages.push(PageRecord {
+        index: 1 << 40,
+        data: PageData::Zero,
+    });
     let e = encode_message(&Message::Memory { pages }).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -113,20 +154,28 @@ fn a_full_memory_message_round_trips_and_one_page_more_is_refused() {
 #[test]
 fn what_cannot_be_sent_is_refused() {
     let short = Message::Memory {
-        pages: vec![PageRecord { index: 3, data: PageData::Bytes(vec![1; 100]) }],
+        pages: vec![PageRecord {
+            index: 3,
+            data: PageData::Bytes(vec![1; 100]),
+        }],
     };
     assert_eq!(
         encode_message(&short).unwrap_err().to_string(),
         "cannot send a Memory message: page 0x3 has 100 bytes instead of 4096"
     );
     let far = Message::Memory {
-        pages: vec![PageRecord { index: u64::MAX, data: PageData::Zero }],
+        pages: vec![PageRecord {
+            index: u64::MAX,
+            data: PageData::Zero,
+        }],
     };
     assert_eq!(
         encode_message(&far).unwrap_err().to_string(),
         "cannot send a Memory message: page index 0xffffffffffffffff is beyond 64-bit addresses"
     );
-    let long = Message::Abort { reason: "x".repeat(MAX_REASON_LEN + 1) };
+    let long = Message::Abort {
+        reason: "x".repeat(MAX_REASON_LEN + 1),
+    };
     assert_eq!(
         encode_message(&long).unwrap_err().to_string(),
         "cannot send a Abort message: its reason is 16385 bytes, over the limit of 16384"
@@ -137,8 +186,15 @@ fn what_cannot_be_sent_is_refused() {
         vmm_version: "v".repeat(MAX_VMM_VERSION_LEN + 1),
         arch: 0xAA64,
     };
-    assert!(encode_message(&hello).unwrap_err().to_string().contains("its vmm_version is 257 bytes"));
-    let bad_name = Message::Preflight { sections: sections(&[(&"n".repeat(200), 1, b"")]) };
+    assert!(
+        encode_message(&hello)
+            .unwrap_err()
+            .to_string()
+            .contains("its vmm_version is 257 bytes")
+    );
+    let bad_name = Message::Preflight {
+        sections: sections(&[(&"n".repeat(200), 1, b"")]),
+    };
     assert!(
         encode_message(&bad_name)
             .unwrap_err()
@@ -154,8 +210,12 @@ fn what_cannot_be_sent_is_refused() {
 #[test]
 fn the_longest_strings_round_trip() {
     for m in [
-        Message::Refuse { reason: "r".repeat(MAX_REASON_LEN) },
-        Message::Abort { reason: "é".repeat(MAX_REASON_LEN / 2) },
+        Message::Refuse {
+            reason: "r".repeat(MAX_REASON_LEN),
+        },
+        Message::Abort {
+            reason: "é".repeat(MAX_REASON_LEN / 2),
+        },
         Message::Hello {
             protocol_version: u32::MAX,
             min_protocol_version: 0,
@@ -163,7 +223,10 @@ fn the_longest_strings_round_trip() {
             arch: 0,
         },
     ] {
-        assert_eq!(read_message(&mut &encode_message(&m).unwrap()[..]).unwrap(), m);
+        assert_eq!(
+            read_message(&mut &encode_message(&m).unwrap()[..]).unwrap(),
+            m
+        );
     }
 }
 
@@ -178,12 +241,20 @@ fn malformed_payloads_are_refused_naming_the_message() {
         ),
         (
             T::Hello as u16,
-            [&[1, 0, 0, 0, 1, 0, 0, 0, 0x64, 0xAA, 2, 0][..], &[0xff, 0xfe]].concat(),
+            [
+                &[1, 0, 0, 0, 1, 0, 0, 0, 0x64, 0xAA, 2, 0][..],
+                &[0xff, 0xfe],
+            ]
+            .concat(),
             "malformed Hello message: its vmm_version is not UTF-8",
         ),
         (
             T::Hello as u16,
-            [&[1, 0, 0, 0, 1, 0, 0, 0, 0x64, 0xAA, 0x01, 0x01][..], &[b'v'; 256]].concat(),
+            [
+                &[1, 0, 0, 0, 1, 0, 0, 0, 0x64, 0xAA, 0x01, 0x01][..],
+                &[b'v'; 256],
+            ]
+            .concat(),
             "malformed Hello message: its vmm_version is 257 bytes, over the limit of 256",
         ),
         (
@@ -256,9 +327,16 @@ fn malformed_payloads_are_refused_naming_the_message() {
 fn an_empty_memory_message_and_empty_sets_round_trip() {
     for m in [
         Message::Memory { pages: vec![] },
-        Message::State { sections: SectionSet::new() },
-        Message::Preflight { sections: SectionSet::new() },
+        Message::State {
+            sections: SectionSet::new(),
+        },
+        Message::Preflight {
+            sections: SectionSet::new(),
+        },
     ] {
-        assert_eq!(read_message(&mut &encode_message(&m).unwrap()[..]).unwrap(), m);
+        assert_eq!(
+            read_message(&mut &encode_message(&m).unwrap()[..]).unwrap(),
+            m
+        );
     }
 }

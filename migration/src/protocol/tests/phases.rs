@@ -106,7 +106,9 @@ fn refusals_name_what_was_expected_and_what_came() {
         (
             1,
             S,
-            Message::Preflight { sections: SectionSet::new() },
+            Message::Preflight {
+                sections: SectionSet::new(),
+            },
             "unexpected Preflight from the source while waiting for Welcome or Refuse or Abort from the destination, or Abort or Cancelled from the source",
         ),
         (
@@ -131,13 +133,17 @@ fn refusals_name_what_was_expected_and_what_came() {
             // After Loaded, the destination no longer aborts.
             12,
             D,
-            Message::Abort { reason: "late".to_string() },
+            Message::Abort {
+                reason: "late".to_string(),
+            },
             "unexpected Abort from the destination while waiting for Commit or Abort or Cancelled from the source",
         ),
         (
             13,
             S,
-            Message::Abort { reason: "too late".to_string() },
+            Message::Abort {
+                reason: "too late".to_string(),
+            },
             "unexpected Abort from the source while waiting for Running from the destination",
         ),
         (
@@ -165,9 +171,24 @@ fn refusals_name_what_was_expected_and_what_came() {
 fn refuse_abort_and_cancel_end_it_before_the_commit_point_only() {
     let path = happy_path();
     let stops = [
-        (D, Message::Refuse { reason: "no".to_string() }),
-        (S, Message::Abort { reason: "x".to_string() }),
-        (D, Message::Abort { reason: "x".to_string() }),
+        (
+            D,
+            Message::Refuse {
+                reason: "no".to_string(),
+            },
+        ),
+        (
+            S,
+            Message::Abort {
+                reason: "x".to_string(),
+            },
+        ),
+        (
+            D,
+            Message::Abort {
+                reason: "x".to_string(),
+            },
+        ),
         (S, Message::Cancelled),
     ];
     let mut ended = 0;
@@ -212,7 +233,10 @@ fn versions_are_negotiated_to_the_highest_in_common() {
         negotiate(r(1, 1), r(3, 2)),
         Err("the source announces protocol versions 3 to 2, which is no valid range".to_string())
     );
-    assert!(negotiate(r(1, 1), r(0, 1)).is_err(), "version 0 never existed");
+    assert!(
+        negotiate(r(1, 1), r(0, 1)).is_err(),
+        "version 0 never existed"
+    );
 }
 
 #[test]
@@ -223,7 +247,9 @@ fn the_destination_answers_hello() {
     assert_eq!(h, small_of_each()[0]);
     assert_eq!(
         answer_hello(&h, ours).unwrap(),
-        Message::Welcome { protocol_version: 1 }
+        Message::Welcome {
+            protocol_version: 1
+        }
     );
     let future = Message::Hello {
         protocol_version: 7,
@@ -250,7 +276,9 @@ fn the_destination_answers_hello() {
         }
     );
     assert_eq!(
-        answer_hello(&Message::Commit, ours).unwrap_err().to_string(),
+        answer_hello(&Message::Commit, ours)
+            .unwrap_err()
+            .to_string(),
         "unexpected Commit as the first message while waiting for Hello from the source"
     );
 }
