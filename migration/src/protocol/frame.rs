@@ -28,20 +28,19 @@ pub const HEADER_LEN: usize = 28;
 /// little of it costs at most this much.
 const PREALLOC: usize = 1 << 20;
 
-/// The frame of a payload of message type `kind`. The caller has checked the payload against
+/// Fills in the header of `frame`, whose first `HEADER_LEN` bytes are room for it and the
+/// rest the payload of a message of type `kind`. The caller has checked the payload against
 /// the type's limit, which is below `u32::MAX`.
-pub(super) fn encode_frame(kind: MessageType, payload: &[u8]) -> Vec<u8> {
+pub(super) fn seal_frame(kind: MessageType, frame: &mut [u8]) {
+    let (header, payload) = frame.split_at_mut(HEADER_LEN);
     let len = u32::try_from(payload.len()).expect("payloads are checked against their limit");
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.extend_from_slice(&(kind as u16).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc64(payload).to_le_bytes());
-    let header_crc = crc64(&out);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    header[0..4].copy_from_slice(&FRAME_MAGIC);
+    header[4..6].copy_from_slice(&(kind as u16).to_le_bytes());
+    header[6..8].copy_from_slice(&0u16.to_le_bytes());
+    header[8..12].copy_from_slice(&len.to_le_bytes());
+    header[12..20].copy_from_slice(&crc64(payload).to_le_bytes());
+    let header_crc = crc64(&header[..20]);
+    header[20..28].copy_from_slice(&header_crc.to_le_bytes());
 }
 
 /// Reads one frame: its message type and its payload, both checked against their checksums.

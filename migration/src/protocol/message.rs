@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 
 use super::ProtocolError;
-use super::frame::{encode_frame, read_frame};
+use super::frame::{HEADER_LEN, read_frame, seal_frame};
 use crate::snapshot::{MAX_SNAPSHOT_SIZE, decode_snapshot, encode_snapshot};
 use crate::state::SectionSet;
 
@@ -232,19 +232,20 @@ pub fn read_message(r: &mut impl Read) -> Result<Message, ProtocolError> {
 
 /// The frame of `m`.
 pub fn encode_message(m: &Message) -> Result<Vec<u8>, ProtocolError> {
-    let payload = encode_payload(m)?;
+    let mut frame = encode_payload(m)?;
     let kind = m.kind();
-    if payload.len() > kind.payload_limit() {
+    let payload_len = frame.len() - HEADER_LEN;
+    if payload_len > kind.payload_limit() {
         return Err(ProtocolError::Unencodable {
             message: kind.name(),
             reason: format!(
-                "its payload is {} bytes, over the limit of {}",
-                payload.len(),
+                "its payload is {payload_len} bytes, over the limit of {}",
                 kind.payload_limit()
             ),
         });
     }
-    Ok(encode_frame(kind, &payload))
+    seal_frame(kind, &mut frame);
+    Ok(frame)
 }
 
 /// Decodes the frame at the start of `bytes`: the message and the bytes the frame took.
@@ -254,9 +255,11 @@ pub fn decode_message(bytes: &[u8]) -> Result<(Message, usize), ProtocolError> {
     Ok((m, bytes.len() - rest.len()))
 }
 
+/// A frame of `m` with its header left zero: the payload is written after room for the
+/// header, so a 4 MiB `Memory` is not copied a second time to put a header before it.
 fn encode_payload(m: &Message) -> Result<Vec<u8>, ProtocolError> {
     let name = m.name();
-    let mut out = Vec::new();
+    let mut out = vec![0u8; HEADER_LEN];
     match m {
         Message::Hello {
             protocol_version,
@@ -283,10 +286,11 @@ fn encode_payload(m: &Message) -> Result<Vec<u8>, ProtocolError> {
             put_str(&mut out, name, "reason", reason, MAX_REASON_LEN)?;
         }
         Message::Preflight { sections } | Message::State { sections } => {
-            out = encode_snapshot(sections).map_err(|e| ProtocolError::Unencodable {
+            let container = encode_snapshot(sections).map_err(|e| ProtocolError::Unencodable {
                 message: name,
                 reason: e.to_string(),
             })?;
+            out.extend_from_slice(&container);
         }
         Message::Memory { pages } => {
             if pages.len() > MAX_PAGES_PER_MESSAGE {
