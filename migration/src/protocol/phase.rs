@@ -7,8 +7,8 @@
 //! every failure ends with the source running it; from it on, only the destination may run the
 //! guest, and only once it has received `Commit`. So after `Loaded` the destination no longer
 //! aborts (it waits for `Commit`, `Abort` or `Cancelled`: an abort of its own could cross the
-//! source's `Commit` on the wire and leave the guest run by nobody, or, worse, the rule broken),
-//! and after `Commit` the only message is the destination's `Running`.
+//! source's `Commit` on the wire, and then nobody would run the guest), and after `Commit` the
+//! only message is the destination's `Running`.
 
 use std::fmt;
 
