@@ -1,10 +1,15 @@
 //! Fuzz-target bodies for this crate's untrusted input: the snapshot state file (a file
-//! anyone may hand to `snapshot/load` or `vmm snapshot inspect`). Each takes arbitrary bytes
-//! and must not panic; `fuzz/` wraps them for libFuzzer, and the unit tests below run them on
-//! the seeds in `fuzz/corpus/` and on their truncations, bit flips and pseudo-random bytes.
+//! anyone may hand to `snapshot/load` or `vmm snapshot inspect`) and the migration stream (what
+//! a peer sends over the network). Each takes arbitrary bytes and must not panic; `fuzz/` wraps
+//! them for libFuzzer, and the unit tests run them on the seeds in `fuzz/corpus/` and on their
+//! truncations, bit flips and pseudo-random bytes.
 
 use crate::crc64::crc64;
 use crate::snapshot::{decode_snapshot, encode_snapshot, read_snapshot, summarize};
+
+mod stream;
+
+pub use stream::migration_stream;
 
 /// `data` with its last 8 bytes replaced by the checksum of the rest (for fuzz targets that
 /// want mutations to reach what the checksum guards); `None` for fewer than 8 bytes.

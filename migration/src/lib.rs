@@ -13,6 +13,7 @@ mod crc64;
 pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod protocol;
 pub mod snapshot;
 pub mod state;
 

@@ -29,6 +29,7 @@ pub const TARGETS: &[&str] = &[
     "kernel_image",
     "snapshot_file",
     "snapshot_state",
+    "migration_stream",
 ];
 
 /// How long each target runs.
