@@ -69,7 +69,11 @@ fn migration_dirty_source_reports_guest_and_device_writes_once() {
     src.start_tracking().expect("start tracking");
     // Every page starts dirty: turning logging on protects nothing up front.
     assert_eq!(dirty_set(&mut src).len() as u64, PAGES);
-    assert_eq!(dirty_set(&mut src), Vec::<u64>::new(), "the guest only spins");
+    assert_eq!(
+        dirty_set(&mut src),
+        Vec::<u64>::new(),
+        "the guest only spins"
+    );
 
     // Let the guest write, and write a page from the VMM too.
     handle.pause();
@@ -94,7 +98,11 @@ fn migration_dirty_source_reports_guest_and_device_writes_once() {
         .expect("device write");
     handle.pause();
     assert_eq!(dirty_set(&mut src), vec![8, 9, 10, 11, 40]);
-    assert_eq!(dirty_set(&mut src), Vec::<u64>::new(), "each page is reported once");
+    assert_eq!(
+        dirty_set(&mut src),
+        Vec::<u64>::new(),
+        "each page is reported once"
+    );
 
     let mut page = vec![0u8; PAGE as usize];
     src.read_page(9, &mut page).expect("read page");
