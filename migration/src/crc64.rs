@@ -1,5 +1,7 @@
 //! CRC-64/XZ (the ECMA-182 polynomial, reflected, initial value and final XOR all ones), the
-//! checksum of the snapshot file. A table of 256 entries built at compile time; no crate.
+//! checksum of the snapshot file and of every migration frame. Eight tables of 256 entries
+//! built at compile time ("slicing by 8": eight bytes per step, a few operations per byte
+//! instead of a table lookup and a shift each); no crate.
 //!
 //! Chosen over CRC32C for its 64 bits: a snapshot of up to 64 MiB has a 2^-64 chance of a
 //! random corruption passing, and the parameters are those of the `.xz` format's CRC64 check,
@@ -29,13 +31,50 @@ const TABLE: [u64; 256] = {
     t
 };
 
-/// The CRC-64/XZ of `bytes`.
-pub(crate) fn crc64(bytes: &[u8]) -> u64 {
-    let mut crc = u64::MAX;
+/// `TABLES[k][b]`: the register after shifting byte `b` and then `k` zero bytes through it,
+/// so that eight bytes are folded in with one lookup each.
+static TABLES: [[u64; 256]; 8] = {
+    let mut t = [[0u64; 256]; 8];
+    t[0] = TABLE;
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ TABLE[(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// Shifts `bytes` through the register one byte at a time.
+fn bytewise(mut crc: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         crc = TABLE[((crc ^ u64::from(b)) & 0xff) as usize] ^ (crc >> 8);
     }
-    crc ^ u64::MAX
+    crc
+}
+
+/// The CRC-64/XZ of `bytes`.
+pub(crate) fn crc64(bytes: &[u8]) -> u64 {
+    let mut crc = u64::MAX;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(w);
+        let x = crc ^ u64::from_le_bytes(eight);
+        crc = TABLES[7][(x & 0xff) as usize]
+            ^ TABLES[6][((x >> 8) & 0xff) as usize]
+            ^ TABLES[5][((x >> 16) & 0xff) as usize]
+            ^ TABLES[4][((x >> 24) & 0xff) as usize]
+            ^ TABLES[3][((x >> 32) & 0xff) as usize]
+            ^ TABLES[2][((x >> 40) & 0xff) as usize]
+            ^ TABLES[1][((x >> 48) & 0xff) as usize]
+            ^ TABLES[0][(x >> 56) as usize];
+    }
+    bytewise(crc, words.remainder()) ^ u64::MAX
 }
 
 #[cfg(test)]
@@ -47,6 +86,19 @@ mod tests {
         // The check value of CRC-64/XZ in the CRC catalogue (reveng).
         assert_eq!(crc64(b"123456789"), 0x995D_C9BB_DF19_39FA);
         assert_eq!(crc64(b""), 0);
+    }
+
+    #[test]
+    fn eight_at_a_time_equals_one_at_a_time() {
+        let data: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for start in 0..9 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 4096, 4991 - start] {
+                let d = &data[start..start + len];
+                assert_eq!(crc64(d), bytewise(u64::MAX, d) ^ u64::MAX, "{start}+{len}");
+            }
+        }
     }
 
     #[test]
