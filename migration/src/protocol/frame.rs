@@ -45,6 +45,18 @@ pub(super) fn seal_frame(kind: MessageType, frame: &mut [u8]) {
 
 /// Reads one frame: its message type and its payload, both checked against their checksums.
 pub(super) fn read_frame(r: &mut impl Read) -> Result<(MessageType, Vec<u8>), ProtocolError> {
+    let mut payload = Vec::new();
+    let kind = read_frame_into(r, &mut payload)?;
+    Ok((kind, payload))
+}
+
+/// Reads one frame into `payload` (cleared first, its allocation reused): the message type;
+/// the payload is checked against its checksum.
+pub(super) fn read_frame_into(
+    r: &mut impl Read,
+    payload: &mut Vec<u8>,
+) -> Result<MessageType, ProtocolError> {
+    payload.clear();
     let mut header = [0u8; HEADER_LEN];
     let got = read_full(r, &mut header)?;
     // The magic first, on what arrived: a peer that is not a migration peer is named as
@@ -92,9 +104,9 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(MessageType, Vec<u8>), Pr
         });
     }
     let len = len as usize;
-    let mut payload = Vec::with_capacity(len.min(PREALLOC));
+    payload.reserve(len.min(PREALLOC));
     r.take(len as u64)
-        .read_to_end(&mut payload)
+        .read_to_end(payload)
         .map_err(ProtocolError::Read)?;
     let part = || format!("payload of a {} frame", kind.name());
     if payload.len() < len {
@@ -105,7 +117,7 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(MessageType, Vec<u8>), Pr
         });
     }
     let stored = u64_at(&header, 12);
-    let computed = crc64(&payload);
+    let computed = crc64(payload);
     if stored != computed {
         return Err(ProtocolError::ChecksumMismatch {
             part: part(),
@@ -113,7 +125,7 @@ pub(super) fn read_frame(r: &mut impl Read) -> Result<(MessageType, Vec<u8>), Pr
             computed,
         });
     }
-    Ok((kind, payload))
+    Ok(kind)
 }
 
 /// Reads until `buf` is full or the stream ends; the number of bytes read.

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 
 use super::ProtocolError;
-use super::frame::{HEADER_LEN, read_frame, seal_frame};
+use super::frame::{HEADER_LEN, read_frame, read_frame_into, seal_frame};
 use crate::snapshot::{MAX_SNAPSHOT_SIZE, decode_snapshot, encode_snapshot};
 use crate::state::SectionSet;
 
@@ -471,13 +471,28 @@ impl<'a> Payload<'a> {
     }
 
     fn pages(&mut self) -> Result<Vec<PageRecord>, ProtocolError> {
+        let mut pages = Vec::new();
+        self.pages_walk(|index, data| {
+            pages.push(PageRecord {
+                index,
+                data: data.map_or(PageData::Zero, |d| PageData::Bytes(d.to_vec())),
+            });
+        })?;
+        Ok(pages)
+    }
+
+    /// Walks a `Memory` payload's records, checking each, and hands each to `each`; answers
+    /// the record count.
+    fn pages_walk(
+        &mut self,
+        mut each: impl FnMut(u64, Option<&'a [u8]>),
+    ) -> Result<usize, ProtocolError> {
         let count = self.u32("page count")? as usize;
         if count > MAX_PAGES_PER_MESSAGE {
             return Err(self.malformed(format!(
                 "it has {count} pages, more than the limit of {MAX_PAGES_PER_MESSAGE}"
             )));
         }
-        let mut pages = Vec::with_capacity(count);
         for i in 0..count {
             let index = self.u64(&format!("index of page record {i}"))?;
             if index > MAX_PAGE_INDEX {
@@ -486,20 +501,17 @@ impl<'a> Payload<'a> {
                 )));
             }
             let data = match self.u8(&format!("kind of page record {i}"))? {
-                0 => PageData::Zero,
-                1 => PageData::Bytes(
-                    self.take(PAGE_SIZE, &format!("data of page {index:#x}"))?
-                        .to_vec(),
-                ),
+                0 => None,
+                1 => Some(self.take(PAGE_SIZE, &format!("data of page {index:#x}"))?),
                 k => {
                     return Err(self.malformed(format!(
                         "page record {i} (page {index:#x}) has kind {k}; 0 (zero) and 1 (bytes) are defined"
                     )));
                 }
             };
-            pages.push(PageRecord { index, data });
+            each(index, data);
         }
-        Ok(pages)
+        Ok(count)
     }
 
     fn finish(&self) -> Result<(), ProtocolError> {
@@ -510,4 +522,135 @@ impl<'a> Payload<'a> {
             Err(self.malformed(format!("{left} bytes left over after the message")))
         }
     }
+}
+
+/// A `Memory` message's records, borrowed from the frame's payload: the receiver's path for
+/// guest pages, which copies each page once (into guest memory) instead of into a `Vec` per
+/// page. The layout is checked in full when it is made, with the same errors as
+/// `read_message`.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryPages<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> MemoryPages<'a> {
+    /// Checks a `Memory` payload.
+    fn parse(payload: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut p = Payload {
+            bytes: payload,
+            at: 0,
+            message: MessageType::Memory.name(),
+        };
+        // The same walk as the decoder's, without keeping the pages.
+        let count = p.pages_walk(|_, _| ())?;
+        p.finish()?;
+        Ok(Self {
+            bytes: payload,
+            count,
+        })
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Each record: the page index, and its bytes (`None` for a zero page).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Option<&'a [u8]>)> + 'a {
+        let bytes = self.bytes;
+        let mut at = 4;
+        (0..self.count).map(move |_| {
+            let mut index = [0u8; 8];
+            index.copy_from_slice(&bytes[at..at + 8]);
+            let kind = bytes[at + 8];
+            at += RECORD_FIXED_LEN;
+            let data = (kind == 1).then(|| {
+                let d = &bytes[at..at + PAGE_SIZE];
+                at += PAGE_SIZE;
+                d
+            });
+            (u64::from_le_bytes(index), data)
+        })
+    }
+}
+
+/// A message as the receiver's fast path reads it: pages borrowed from the payload, anything
+/// else decoded.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A `Memory` message.
+    Pages(MemoryPages<'a>),
+    /// Any other message.
+    Message(Message),
+}
+
+/// Reads one frame into `buf` (its allocation reused from frame to frame) and decodes it,
+/// leaving a `Memory` message's pages in `buf`.
+pub fn read_incoming<'a>(
+    r: &mut impl Read,
+    buf: &'a mut Vec<u8>,
+) -> Result<Incoming<'a>, ProtocolError> {
+    let kind = read_frame_into(r, buf)?;
+    if kind == MessageType::Memory {
+        MemoryPages::parse(buf).map(Incoming::Pages)
+    } else {
+        decode_payload(kind, buf).map(Incoming::Message)
+    }
+}
+
+/// Writes the `Memory` frame of `records` (at most `MAX_PAGES_PER_MESSAGE`, each a zero page
+/// or `PAGE_SIZE` bytes) into `out`, reusing its allocation: the sender's path for guest
+/// pages, which copies each page once. The bytes are exactly those `encode_message` gives for
+/// the same pages.
+pub fn encode_memory_frame(
+    records: &[crate::engine::PageRecord<'_>],
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    use crate::engine::PageData as Data;
+    let name = MessageType::Memory.name();
+    let unencodable = |reason: String| ProtocolError::Unencodable {
+        message: name,
+        reason,
+    };
+    if records.len() > MAX_PAGES_PER_MESSAGE {
+        return Err(unencodable(format!(
+            "it has {} pages, more than the limit of {MAX_PAGES_PER_MESSAGE}",
+            records.len()
+        )));
+    }
+    out.clear();
+    out.resize(HEADER_LEN, 0);
+    let count = u32::try_from(records.len()).expect("at most MAX_PAGES_PER_MESSAGE");
+    out.extend_from_slice(&count.to_le_bytes());
+    for r in records {
+        if r.index > MAX_PAGE_INDEX {
+            return Err(unencodable(format!(
+                "page index {:#x} is beyond 64-bit addresses",
+                r.index
+            )));
+        }
+        out.extend_from_slice(&r.index.to_le_bytes());
+        match r.data {
+            Data::Zero => out.push(0),
+            Data::Bytes(b) if b.len() == PAGE_SIZE => {
+                out.push(1);
+                out.extend_from_slice(b);
+            }
+            Data::Bytes(b) => {
+                return Err(unencodable(format!(
+                    "page {:#x} has {} bytes instead of {PAGE_SIZE}",
+                    r.index,
+                    b.len()
+                )));
+            }
+        }
+    }
+    seal_frame(MessageType::Memory, out);
+    Ok(())
 }

@@ -25,8 +25,9 @@ pub use handshake::{
     answer_hello, hello, negotiate,
 };
 pub use message::{
-    MAX_PAGES_PER_MESSAGE, MAX_REASON_LEN, MAX_VMM_VERSION_LEN, Message, MessageType, PAGE_SIZE,
-    PageData, PageRecord, decode_message, encode_message, read_message, write_message,
+    Incoming, MAX_PAGES_PER_MESSAGE, MAX_REASON_LEN, MAX_VMM_VERSION_LEN, MemoryPages, Message,
+    MessageType, PAGE_SIZE, PageData, PageRecord, decode_message, encode_memory_frame,
+    encode_message, read_incoming, read_message, write_message,
 };
 pub use phase::{Phase, Side};
 

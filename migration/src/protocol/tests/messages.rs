@@ -340,3 +340,99 @@ fn an_empty_memory_message_and_empty_sets_round_trip() {
         );
     }
 }
+
+#[test]
+fn the_page_fast_paths_match_the_message_encoding() {
+    let a = vec![0x5a; PAGE_SIZE];
+    let b: Vec<u8> = (0..PAGE_SIZE).map(|i| i as u8).collect();
+    let records = [
+        crate::engine::PageRecord {
+            index: 3,
+            data: crate::engine::PageData::Bytes(&a),
+        },
+        crate::engine::PageRecord {
+            index: 9,
+            data: crate::engine::PageData::Zero,
+        },
+        crate::engine::PageRecord {
+            index: 1 << 40,
+            data: crate::engine::PageData::Bytes(&b),
+        },
+    ];
+    let m = Message::Memory {
+        pages: vec![
+            PageRecord {
+                index: 3,
+                data: PageData::Bytes(a.clone()),
+            },
+            PageRecord {
+                index: 9,
+                data: PageData::Zero,
+            },
+            PageRecord {
+                index: 1 << 40,
+                data: PageData::Bytes(b.clone()),
+            },
+        ],
+    };
+    let mut out = vec![7u8; 3];
+    encode_memory_frame(&records, &mut out).unwrap();
+    assert_eq!(out, encode_message(&m).unwrap(), "the same bytes");
+
+    // Read back through the borrowing path, then a non-page message through the same buffer.
+    let mut stream = out.clone();
+    stream.extend(encode_message(&Message::RoundEnd { round: 4 }).unwrap());
+    let mut r = &stream[..];
+    let mut buf = Vec::new();
+    match read_incoming(&mut r, &mut buf).unwrap() {
+        Incoming::Pages(p) => {
+            assert_eq!(p.len(), 3);
+            let got: Vec<(u64, Option<Vec<u8>>)> =
+                p.iter().map(|(i, d)| (i, d.map(<[u8]>::to_vec))).collect();
+            assert_eq!(got, vec![(3, Some(a)), (9, None), (1 << 40, Some(b))]);
+        }
+        Incoming::Message(m) => panic!("pages expected, got {}", m.name()),
+    }
+    match read_incoming(&mut r, &mut buf).unwrap() {
+        Incoming::Message(m) => assert_eq!(m, Message::RoundEnd { round: 4 }),
+        Incoming::Pages(_) => panic!("RoundEnd expected"),
+    }
+    assert!(matches!(
+        read_incoming(&mut r, &mut buf),
+        Err(ProtocolError::Closed)
+    ));
+}
+
+#[test]
+fn the_page_fast_paths_refuse_what_the_decoder_refuses() {
+    let short = [0u8; 100];
+    let records = [crate::engine::PageRecord {
+        index: 1,
+        data: crate::engine::PageData::Bytes(&short),
+    }];
+    let mut out = Vec::new();
+    let e = encode_memory_frame(&records, &mut out).unwrap_err();
+    assert!(e.to_string().contains("100 bytes instead of 4096"), "{e}");
+    let huge = [crate::engine::PageRecord {
+        index: u64::MAX,
+        data: crate::engine::PageData::Zero,
+    }];
+    assert!(encode_memory_frame(&huge, &mut out).is_err());
+
+    // A record of kind 2, checksums made right: refused by both readers alike.
+    let m = Message::Memory {
+        pages: vec![PageRecord {
+            index: 5,
+            data: PageData::Zero,
+        }],
+    };
+    let mut f = encode_message(&m).unwrap();
+    let last = f.len() - 1;
+    f[last] = 2;
+    let f = crate::protocol::fix_checksums(&f);
+    let want = err(&f);
+    let mut buf = Vec::new();
+    let got = read_incoming(&mut &f[..], &mut buf).unwrap_err().to_string();
+    assert_eq!(got, want);
+    assert!(got.contains("kind 2"), "{got}");
+}
