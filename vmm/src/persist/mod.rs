@@ -290,13 +290,25 @@ impl SavedConfig {
     }
 }
 
-/// Applies a load's overrides: taps by interface id, the vsock socket path. An override that
-/// names an interface the snapshot does not have, or a vsock it does not have, is an error.
+/// Applies a load's or an incoming migration's overrides: taps by interface id, the vsock
+/// socket path, drive backing files by drive id. An override that names an interface or a
+/// drive the guest does not have, or a vsock it does not have, is an error.
 pub fn apply_overrides(
     cfg: &mut VmConfig,
     net: &[crate::api::snapshot::NetworkOverride],
     vsock_uds_path: Option<&str>,
+    drives: &[(String, String)],
 ) -> Result<(), String> {
+    for (id, path) in drives {
+        let d = cfg
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == *id)
+            .ok_or_else(|| {
+                format!("a drive override names drive '{id}', which the guest does not have")
+            })?;
+        d.path_on_host.clone_from(path);
+    }
     for o in net {
         let n = cfg
             .net

@@ -76,13 +76,23 @@ fn overrides_replace_taps_and_the_socket_and_name_what_is_missing() {
         iface_id: id.into(),
         host_dev_name: tap.into(),
     };
-    apply_overrides(&mut c, &[o("eth0", "tap7")], Some("/tmp/w.sock")).unwrap();
+    let d0 = c.drives[0].drive_id.clone();
+    apply_overrides(
+        &mut c,
+        &[o("eth0", "tap7")],
+        Some("/tmp/w.sock"),
+        &[(d0, "/tmp/other.img".into())],
+    )
+    .unwrap();
+    assert_eq!(c.drives[0].path_on_host, "/tmp/other.img");
     assert_eq!(c.net[0].host_dev_name, "tap7");
     assert_eq!(c.vsock.as_ref().unwrap().uds_path, "/tmp/w.sock");
-    let e = apply_overrides(&mut c, &[o("eth9", "tap7")], None).unwrap_err();
+    let e = apply_overrides(&mut c, &[o("eth9", "tap7")], None, &[]).unwrap_err();
     assert!(e.contains("eth9"), "{e}");
+    let e = apply_overrides(&mut c, &[], None, &[("nodisk".into(), "/x".into())]).unwrap_err();
+    assert!(e.contains("'nodisk'"), "{e}");
     c.vsock = None;
-    let e = apply_overrides(&mut c, &[], Some("/x")).unwrap_err();
+    let e = apply_overrides(&mut c, &[], Some("/x"), &[]).unwrap_err();
     assert!(e.contains("no vsock"), "{e}");
 }
 

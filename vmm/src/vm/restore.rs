@@ -105,77 +105,123 @@ fn check_cpu_model(
     Ok(())
 }
 
-/// Builds the VM a snapshot describes, with nothing running. Returns it and its
-/// configuration (overrides applied).
-pub fn restore(
-    base: &VmConfig,
-    req: &LoadRequest,
-    console: ConsoleOutput,
-    start: Instant,
-) -> Result<(BuiltVm, VmConfig), RestoreError> {
-    let mut sections: SectionSet =
-        read_snapshot_file(Path::new(&req.snapshot_path)).map_err(|source| RestoreError::File {
-            path: req.snapshot_path.clone(),
-            source,
-        })?;
-    // Every section is decoded before anything is built: a missing, unknown, malformed or
-    // newer one is refused here, with nothing created.
-    crate::persist::decode::decode_all(sections.clone())?;
-    let state: VmState = sections.take_decoded(VM_SECTION)?;
+/// Where a rebuilt VM's memory comes from.
+#[derive(Debug)]
+pub enum RamSource<'a> {
+    /// A snapshot's memory file, mapped privately.
+    File(&'a Path),
+    /// Fresh memory, filled by the caller before `complete` (an incoming migration).
+    Fresh,
+}
+
+/// What a rebuild may change from the saved configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Taps by interface id.
+    pub net: Vec<crate::api::snapshot::NetworkOverride>,
+    /// The vsock socket.
+    pub vsock_uds_path: Option<String>,
+    /// Drive backing files by drive id.
+    pub drives: Vec<(String, String)>,
+    /// Whether KVM's dirty log stays on (for Diff snapshots).
+    pub track_dirty_pages: bool,
+}
+
+/// A VM being rebuilt from saved state: the host has been checked against it (GIC version,
+/// counter frequency, memory layout, CPU model), and KVM's VM, its memory and its vCPUs
+/// exist; no register, device or page has been restored yet.
+#[derive(Debug)]
+pub struct Prepared {
+    vm: kvm_ioctls::VmFd,
+    ram: Ram,
+    vcpus: Vec<VcpuFd>,
+    cfg: VmConfig,
+    state: VmState,
+}
+
+impl Prepared {
+    /// The guest's memory, for an incoming migration to fill.
+    pub fn ram(&self) -> &Ram {
+        &self.ram
+    }
+
+    /// The configuration the VM is rebuilt with (overrides applied).
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+}
+
+/// Checks what this host must share with the saved VM: the GIC version, the counter
+/// frequency, the memory layout. Each difference is named.
+pub fn check_host(state: &VmState) -> Result<(), RestoreError> {
     if state.gic_version != 3 {
         return Err(RestoreError::Host(format!(
-            "the snapshot's guest has a GICv{}, this VMM builds GICv3",
+            "the guest has a GICv{}, this VMM builds GICv3",
             state.gic_version
         )));
     }
     let frequency = counter::counter_frequency();
     if state.counter_frequency != frequency {
         return Err(RestoreError::Host(format!(
-            "the counter runs at {frequency} Hz here and ran at {} Hz in the snapshot",
+            "the counter runs at {frequency} Hz here and at {} Hz where the guest was saved",
             state.counter_frequency
         )));
     }
     if state.mem_base != DRAM_BASE {
         return Err(RestoreError::Config(format!(
-            "the snapshot's memory starts at {:#x}, this VMM places it at {DRAM_BASE:#x}",
+            "the guest's memory starts at {:#x}, this VMM places it at {DRAM_BASE:#x}",
             state.mem_base
         )));
     }
-    let mut cfg = state.config.to_config(base, req.track_dirty_pages);
+    Ok(())
+}
+
+/// Checks the host against the saved VM (`vcpu0`: the boot vCPU's saved state, whose ID
+/// registers the host must present) and creates the VM, its memory and its vCPUs.
+pub fn prepare(
+    base: &VmConfig,
+    state: &VmState,
+    vcpu0: Option<&VcpuState>,
+    overrides: &Overrides,
+    memory: RamSource<'_>,
+) -> Result<Prepared, RestoreError> {
+    check_host(state)?;
+    let mut cfg = state.config.to_config(base, overrides.track_dirty_pages);
     apply_overrides(
         &mut cfg,
-        &req.network_overrides,
-        req.vsock_uds_path.as_deref(),
+        &overrides.net,
+        overrides.vsock_uds_path.as_deref(),
+        &overrides.drives,
     )
     .map_err(RestoreError::Config)?;
     cfg.validate().map_err(BuildError::from)?;
     if u64::from(cfg.mem_mib) << 20 != state.mem_size {
         return Err(RestoreError::Config(format!(
-            "the snapshot declares {} bytes of memory but {} MiB of configuration",
+            "the saved state declares {} bytes of memory but {} MiB of configuration",
             state.mem_size, cfg.mem_mib
         )));
     }
-    let vcpu_states = (0..cfg.vcpus as usize)
-        .map(|i| sections.take_decoded::<VcpuState>(&vcpu_section(i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let gic_state: GicState = sections.take_decoded(GIC_SECTION)?;
-    let mpidrs: Vec<u64> = vcpu_states.iter().map(|s| s.mpidr).collect();
-
     let kvm = open_kvm(cfg.vcpus, state.mem_size)?;
     let vm = create_vm(&kvm)?;
-    let ram = Ram::from_file(
-        state.mem_base,
-        state.mem_size,
-        Path::new(&req.mem_file_path),
-    )
-    .map_err(BuildError::from)?;
-    let log = if cfg.track_dirty_pages {
-        DirtyLog::Clean
-    } else {
-        DirtyLog::Off
+    let (ram, log) = match memory {
+        RamSource::File(path) => (
+            Ram::from_file(state.mem_base, state.mem_size, path).map_err(BuildError::from)?,
+            if cfg.track_dirty_pages {
+                DirtyLog::Clean
+            } else {
+                DirtyLog::Off
+            },
+        ),
+        RamSource::Fresh => (
+            Ram::new(state.mem_base, state.mem_size).map_err(BuildError::from)?,
+            if cfg.track_dirty_pages {
+                DirtyLog::AllDirty
+            } else {
+                DirtyLog::Off
+            },
+        ),
     };
     add_memory(&vm, &ram, log)?;
-
     let mut vcpus = Vec::new();
     for i in 0..cfg.vcpus {
         vcpus.push(
@@ -186,21 +232,56 @@ pub fn restore(
                 })?,
         );
     }
-    if let (Some(v0), Some(s0)) = (vcpus.first(), vcpu_states.first()) {
+    if let (Some(v0), Some(s0)) = (vcpus.first(), vcpu0) {
         check_cpu_model(&vm, v0, s0)?;
     }
+    Ok(Prepared {
+        vm,
+        ram,
+        vcpus,
+        cfg,
+        state: state.clone(),
+    })
+}
+
+/// Restores every component of a prepared VM from `sections` (all of them, the `vm` section
+/// included, which must describe the same machine as the one the VM was prepared from), in
+/// the order KVM documents, with the guest counter advanced by `advance` ticks. A section
+/// nothing took is an error.
+pub fn complete(
+    prepared: Prepared,
+    mut sections: SectionSet,
+    advance: impl FnOnce(&VmState) -> u64,
+    console: ConsoleOutput,
+    start: Instant,
+) -> Result<(BuiltVm, VmConfig), RestoreError> {
+    let Prepared {
+        vm,
+        ram,
+        vcpus,
+        cfg,
+        state: prepared_state,
+    } = prepared;
+    let state: VmState = sections.take_decoded(VM_SECTION)?;
+    if state.config != prepared_state.config || state.mem_size != prepared_state.mem_size {
+        return Err(RestoreError::Config(
+            "the final state describes another machine than the one prepared from".into(),
+        ));
+    }
+    let vcpu_states = (0..cfg.vcpus as usize)
+        .map(|i| sections.take_decoded::<VcpuState>(&vcpu_section(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gic_state: GicState = sections.take_decoded(GIC_SECTION)?;
+    let mpidrs: Vec<u64> = vcpu_states.iter().map(|s| s.mpidr).collect();
+
     let opts = vcpu_state::RestoreOptions::for_vm(&vm);
     for (index, (fd, s)) in vcpus.iter().zip(&vcpu_states).enumerate() {
         vcpu_state::restore_vcpu(&vm, fd, s, opts)
             .map_err(|source| RestoreError::Vcpu { index, source })?;
     }
-    let advance = if req.clock_realtime {
-        realtime_advance(state.saved_at_unix_ns, unix_now_ns(), frequency)
-    } else {
-        0
-    };
     let refs: Vec<&VcpuFd> = vcpus.iter().collect();
-    counter::restore_guest_counter(&vm, &refs, state.guest_counter.wrapping_add(advance))?;
+    let counter = state.guest_counter.wrapping_add(advance(&state));
+    counter::restore_guest_counter(&vm, &refs, counter)?;
 
     let gic = GicV3::create(&vm).map_err(BuildError::from)?;
     gic_state::restore_gic(&gic, &mpidrs, &gic_state)?;
@@ -237,4 +318,53 @@ pub fn restore(
         },
         cfg,
     ))
+}
+
+/// Builds the VM a snapshot describes, with nothing running. Returns it and its
+/// configuration (overrides applied).
+pub fn restore(
+    base: &VmConfig,
+    req: &LoadRequest,
+    console: ConsoleOutput,
+    start: Instant,
+) -> Result<(BuiltVm, VmConfig), RestoreError> {
+    let sections: SectionSet =
+        read_snapshot_file(Path::new(&req.snapshot_path)).map_err(|source| RestoreError::File {
+            path: req.snapshot_path.clone(),
+            source,
+        })?;
+    // Every section is decoded before anything is built: a missing, unknown, malformed or
+    // newer one is refused here, with nothing created.
+    let decoded = crate::persist::decode::decode_all(sections.clone())?;
+    let overrides = Overrides {
+        net: req.network_overrides.clone(),
+        vsock_uds_path: req.vsock_uds_path.clone(),
+        drives: Vec::new(),
+        track_dirty_pages: req.track_dirty_pages,
+    };
+    let prepared = prepare(
+        base,
+        &decoded.vm,
+        decoded.vcpus.first(),
+        &overrides,
+        RamSource::File(Path::new(&req.mem_file_path)),
+    )?;
+    let clock_realtime = req.clock_realtime;
+    complete(
+        prepared,
+        sections,
+        |state| {
+            if clock_realtime {
+                realtime_advance(
+                    state.saved_at_unix_ns,
+                    unix_now_ns(),
+                    state.counter_frequency,
+                )
+            } else {
+                0
+            }
+        },
+        console,
+        start,
+    )
 }

@@ -432,7 +432,9 @@ fn the_page_fast_paths_refuse_what_the_decoder_refuses() {
     let f = crate::protocol::fix_checksums(&f);
     let want = err(&f);
     let mut buf = Vec::new();
-    let got = read_incoming(&mut &f[..], &mut buf).unwrap_err().to_string();
+    let got = read_incoming(&mut &f[..], &mut buf)
+        .unwrap_err()
+        .to_string();
     assert_eq!(got, want);
     assert!(got.contains("kind 2"), "{got}");
 }
