@@ -51,6 +51,25 @@ pub trait Backend {
         base: &VmConfig,
         req: &crate::api::snapshot::LoadRequest,
     ) -> Result<(Self::Vm, VmConfig), String>;
+    /// Starts sending the running VM built from `cfg` to a destination, on a thread of its
+    /// own; returns once it has started.
+    fn migrate_send(
+        &mut self,
+        vm: &Self::Vm,
+        cfg: &VmConfig,
+        req: crate::api::migration::SendRequest,
+    ) -> Result<(), String>;
+    /// Starts waiting for an incoming guest: binds the address, then returns; the guest is
+    /// handed over with `VmEvent::MigrationIn` (`base` gives console and reset policy).
+    fn migrate_receive(
+        &mut self,
+        base: &VmConfig,
+        req: crate::api::migration::ReceiveRequest,
+    ) -> Result<(), String>;
+    /// The migration going on, or the last one.
+    fn migration(&self) -> Option<crate::api::migration::MigrationInfo>;
+    /// Cancels the outgoing migration, unless it has passed the commit point.
+    fn migration_cancel(&mut self) -> Result<(), String>;
 }
 
 /// A change to a running guest's device.
@@ -304,6 +323,9 @@ impl<B: Backend> Controller<B> {
     }
 
     fn dispatch(&mut self, req: ApiRequest) -> ApiResponse {
+        if let Some(refusal) = self.refused_while_migrating(&req) {
+            return ApiResponse::bad_request(refusal);
+        }
         let started = self.vm.is_some();
         let done = |r: Result<(), String>| match r {
             Ok(()) => ApiResponse::no_content(),
@@ -359,6 +381,13 @@ impl<B: Backend> Controller<B> {
             ApiRequest::PatchNet(id, p) => done(self.patch_net(&id, p)),
             ApiRequest::PutSnapshotCreate(p) => done(self.snapshot_create(&p)),
             ApiRequest::PutSnapshotLoad(p) => done(self.snapshot_load(p)),
+            ApiRequest::GetMigration => match self.backend.migration() {
+                Some(info) => ApiResponse::ok(json!(info)),
+                None => ApiResponse::bad_request(NO_MIGRATION),
+            },
+            ApiRequest::PutMigrationSend(p) => done(self.migrate_send(&p)),
+            ApiRequest::PutMigrationReceive(p) => done(self.migrate_receive(&p)),
+            ApiRequest::PutMigrationCancel => done(self.backend.migration_cancel()),
         }
     }
 
@@ -598,7 +627,9 @@ impl<B: Backend> Controller<B> {
     }
 }
 
+mod migration;
 mod snapshot;
+pub use migration::NO_MIGRATION;
 pub use snapshot::CREATE_NEEDS_PAUSE;
 
 #[cfg(test)]

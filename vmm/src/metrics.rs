@@ -63,7 +63,7 @@ group!(
 );
 group!(
     /// `get_api_requests`.
-    GetApiMetrics { instance_info_count, machine_cfg_count, vm_config_count, vmm_version_count }
+    GetApiMetrics { instance_info_count, machine_cfg_count, vm_config_count, vmm_version_count, migration_count }
 );
 group!(
     /// `put_api_requests`.
@@ -72,7 +72,9 @@ group!(
         machine_cfg_count, machine_cfg_fails, metrics_count, metrics_fails,
         drive_count, drive_fails, entropy_count, entropy_fails, network_count, network_fails,
         vsock_count, vsock_fails, snapshot_create_count, snapshot_create_fails,
-        snapshot_load_count, snapshot_load_fails,
+        snapshot_load_count, snapshot_load_fails, migration_send_count, migration_send_fails,
+        migration_receive_count, migration_receive_fails, migration_cancel_count,
+        migration_cancel_fails,
     }
 );
 group!(

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod client;
+pub mod migration;
 pub mod model;
 pub mod router;
 pub mod server;

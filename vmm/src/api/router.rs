@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::migration::{ReceiveParams, SendParams};
 use super::model::{
     Action, BootSource, Drive, DrivePatch, Entropy, LoggerConfig, MachineConfig,
     MachineConfigPatch, MetricsConfig, NetworkInterface, NetworkInterfacePatch, VmPatch, Vsock,
@@ -34,6 +35,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/network-interfaces/{iface_id}", "PATCH"),
     ("/snapshot/create", "PUT"),
     ("/snapshot/load", "PUT"),
+    ("/migration", "GET"),
+    ("/migration/send", "PUT"),
+    ("/migration/receive", "PUT"),
+    ("/migration/cancel", "PUT"),
 ];
 
 /// Firecracker's resources that later work brings, with the methods Firecracker serves on
@@ -94,6 +99,14 @@ pub enum ApiRequest {
     PutSnapshotCreate(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     PutSnapshotLoad(SnapshotLoadParams),
+    /// `GET /migration`.
+    GetMigration,
+    /// `PUT /migration/send`.
+    PutMigrationSend(SendParams),
+    /// `PUT /migration/receive`.
+    PutMigrationReceive(ReceiveParams),
+    /// `PUT /migration/cancel`.
+    PutMigrationCancel,
 }
 
 impl ApiRequest {
@@ -119,6 +132,10 @@ impl ApiRequest {
             Self::PatchNet(..) => ("patch_api_requests", "network_count"),
             Self::PutSnapshotCreate(_) => ("put_api_requests", "snapshot_create_count"),
             Self::PutSnapshotLoad(_) => ("put_api_requests", "snapshot_load_count"),
+            Self::GetMigration => ("get_api_requests", "migration_count"),
+            Self::PutMigrationSend(_) => ("put_api_requests", "migration_send_count"),
+            Self::PutMigrationReceive(_) => ("put_api_requests", "migration_receive_count"),
+            Self::PutMigrationCancel => ("put_api_requests", "migration_cancel_count"),
         }
     }
 }
@@ -311,6 +328,10 @@ pub fn parse(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         ("PUT", "/vsock") => ApiRequest::PutVsock(body(raw)?),
         ("PUT", "/snapshot/create") => ApiRequest::PutSnapshotCreate(body(raw)?),
         ("PUT", "/snapshot/load") => ApiRequest::PutSnapshotLoad(body(raw)?),
+        ("GET", "/migration") => ApiRequest::GetMigration,
+        ("PUT", "/migration/send") => ApiRequest::PutMigrationSend(body(raw)?),
+        ("PUT", "/migration/receive") => ApiRequest::PutMigrationReceive(body(raw)?),
+        ("PUT", "/migration/cancel") => ApiRequest::PutMigrationCancel,
         ("PUT", p) if iface_id(p).is_some() => {
             ApiRequest::PutNet(iface_id(p).unwrap_or_default().to_string(), body(raw)?)
         }

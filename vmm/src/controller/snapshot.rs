@@ -16,7 +16,7 @@ pub const CREATE_NEEDS_PAUSE: &str =
 
 impl<B: Backend> Controller<B> {
     /// Whether anything besides the logger and metrics was configured (or the VM started).
-    fn configured_anything(&self) -> bool {
+    pub(super) fn configured_anything(&self) -> bool {
         self.vm.is_some()
             || self.boot_source.is_some()
             || self.machine != MachineConfig::default()

@@ -13,6 +13,8 @@ struct Fake {
     refuse: Option<fn(&DeviceChange) -> bool>,
     /// The changes the running devices took, in order.
     applied: Vec<(String, DeviceChange)>,
+    /// The migration the backend reports.
+    migration: Option<crate::api::migration::MigrationInfo>,
 }
 
 impl Fake {
@@ -118,6 +120,47 @@ impl Backend for Fake {
         cfg.mem_mib = 512;
         cfg.track_dirty_pages = req.track_dirty_pages;
         Ok(((), cfg))
+    }
+    fn migrate_send(
+        &mut self,
+        _: &(),
+        _: &VmConfig,
+        req: crate::api::migration::SendRequest,
+    ) -> Result<(), String> {
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        self.log.push("send");
+        self.migration = Some(crate::api::migration::MigrationInfo::new(
+            crate::api::migration::Role::Source,
+            req.destination,
+        ));
+        Ok(())
+    }
+    fn migrate_receive(
+        &mut self,
+        _: &VmConfig,
+        req: crate::api::migration::ReceiveRequest,
+    ) -> Result<(), String> {
+        self.log.push("receive");
+        self.migration = Some(crate::api::migration::MigrationInfo::new(
+            crate::api::migration::Role::Destination,
+            req.address,
+        ));
+        Ok(())
+    }
+    fn migration(&self) -> Option<crate::api::migration::MigrationInfo> {
+        self.migration.clone()
+    }
+    fn migration_cancel(&mut self) -> Result<(), String> {
+        match &mut self.migration {
+            Some(m) if m.state.is_active() => {
+                m.state = crate::api::migration::MigrationState::Cancelled;
+                self.log.push("cancel");
+                Ok(())
+            }
+            _ => Err("no migration is in progress".into()),
+        }
     }
 }
 
@@ -757,4 +800,124 @@ fn a_load_needs_a_fresh_instance_and_a_failed_one_changes_nothing() {
     let r = r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": true}"#;
     assert_eq!(call(&mut c, "PUT", "/snapshot/load", r).status, 204);
     assert_eq!(c.state(), InstanceState::Running);
+}
+
+#[test]
+fn a_migration_needs_a_running_vm_and_locks_the_instance_until_it_ends() {
+    let send = r#"{"destination": "tcp:10.0.0.2:6000"}"#;
+    let mut c = ctl();
+    assert_eq!(
+        fault_message(&call(&mut c, "GET", "/migration", "")),
+        NO_MIGRATION
+    );
+    assert_eq!(
+        fault_message(&call(&mut c, "PUT", "/migration/send", send)),
+        BEFORE_START
+    );
+    let mut c = running(VmConfig::new(PathBuf::new()));
+    call(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert!(fault_message(&call(&mut c, "PUT", "/migration/send", send)).contains("paused"));
+    call(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    // A bad body is refused before the backend hears of it.
+    let bad = call(
+        &mut c,
+        "PUT",
+        "/migration/send",
+        r#"{"destination": "10.0.0.2:6000"}"#,
+    );
+    assert!(fault_message(&bad).contains("tcp:HOST:PORT"), "{bad:?}");
+    assert!(!c.backend.log.contains(&"send"));
+
+    assert_eq!(call(&mut c, "PUT", "/migration/send", send).status, 204);
+    let info = call(&mut c, "GET", "/migration", "").body.unwrap();
+    assert_eq!(
+        (info["state"].as_str(), info["role"].as_str()),
+        (Some("setup"), Some("source"))
+    );
+    assert!(c.migrating());
+    // While it goes on, nothing may change the guest; reads and cancel are served.
+    for (method, path, body) in [
+        ("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        ("PUT", "/migration/send", send),
+        (
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        ),
+        (
+            "PATCH",
+            "/drives/root",
+            r#"{"drive_id": "root", "path_on_host": "/x"}"#,
+        ),
+    ] {
+        let r = call(&mut c, method, path, body);
+        assert!(
+            fault_message(&r).contains("a migration is in progress (setup, tcp:10.0.0.2:6000)"),
+            "{method} {path}: {r:?}"
+        );
+    }
+    assert_eq!(call(&mut c, "GET", "/", "").status, 200);
+    assert_eq!(call(&mut c, "GET", "/vm/config", "").status, 200);
+    assert_eq!(call(&mut c, "PUT", "/migration/cancel", "").status, 204);
+    assert_eq!(
+        call(&mut c, "GET", "/migration", "").body.unwrap()["state"],
+        "cancelled"
+    );
+    // Once it has ended, the instance is the user's again, and a new attempt may start.
+    assert!(!c.migrating());
+    assert_eq!(
+        call(&mut c, "PATCH", "/vm", r#"{"state": "Paused"}"#).status,
+        204
+    );
+    assert!(fault_message(&call(&mut c, "PUT", "/migration/cancel", "")).contains("no migration"));
+    call(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(call(&mut c, "PUT", "/migration/send", send).status, 204);
+}
+
+#[test]
+fn a_guest_is_received_only_by_a_fresh_instance_and_adopted_running() {
+    let receive = r#"{"listen": "tcp:0.0.0.0:6000"}"#;
+    let mut c = ctl();
+    call(
+        &mut c,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    );
+    assert!(fault_message(&call(&mut c, "PUT", "/migration/receive", receive)).contains("fresh"));
+    let mut c = ctl();
+    assert_eq!(
+        call(&mut c, "PUT", "/migration/receive", receive).status,
+        204
+    );
+    assert_eq!(
+        call(&mut c, "GET", "/migration", "").body.unwrap()["role"],
+        "destination"
+    );
+    // Nothing can be configured meanwhile.
+    let r = call(
+        &mut c,
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    );
+    assert!(
+        fault_message(&r).contains("a migration is in progress"),
+        "{r:?}"
+    );
+    // The guest arrives.
+    let mut cfg = VmConfig::new("/k".into());
+    cfg.vcpus = 2;
+    cfg.mem_mib = 1024;
+    c.backend.migration.as_mut().unwrap().state = crate::api::migration::MigrationState::Completed;
+    c.adopt((), cfg);
+    assert_eq!(c.state(), InstanceState::Running);
+    let m = call(&mut c, "GET", "/machine-config", "").body.unwrap();
+    assert_eq!(
+        (m["vcpu_count"].as_u64(), m["mem_size_mib"].as_u64()),
+        (Some(2), Some(1024))
+    );
+    // One guest per destination process.
+    let again = call(&mut c, "PUT", "/migration/receive", receive);
+    assert_eq!(again.status, 400);
 }
