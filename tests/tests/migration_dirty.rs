@@ -65,7 +65,7 @@ fn migration_dirty_source_reports_guest_and_device_writes_once() {
 
     let (tx, _rx) = vmm::events::channel().expect("events");
     let handle = VcpuHandle::spawn(0, vcpu, Arc::new(MmioBus::new()), tx, false).expect("spawn");
-    let mut src = GuestDirtySource::new(&vm, &ram);
+    let mut src = GuestDirtySource::new(&vm, &ram, false);
     src.start_tracking().expect("start tracking");
     // Every page starts dirty: turning logging on protects nothing up front.
     assert_eq!(dirty_set(&mut src).len() as u64, PAGES);

@@ -20,6 +20,17 @@ pub enum VmEvent {
         /// What went wrong.
         message: String,
     },
+    /// An outgoing migration passed its commit point: the guest is the destination's.
+    MigratedAway {
+        /// Where it went.
+        destination: String,
+        /// Set when the destination did not confirm that it runs the guest.
+        error: Option<String>,
+    },
+    /// An incoming migration's guest runs here: the VMM thread takes it in.
+    MigrationIn,
+    /// A migration ended before its commit point (failed or cancelled).
+    MigrationEnded,
 }
 
 /// The sending side, cloned into every vCPU thread and device that reports.
@@ -84,6 +95,12 @@ pub enum Outcome {
     VcpuFailed(String),
     /// The VMM was asked to stop by a signal.
     Signal(i32),
+    /// The guest migrated to this destination and runs there.
+    Migrated(String),
+    /// The migration passed its commit point but the destination did not confirm.
+    MigrationUnconfirmed(String),
+    /// An incoming migration failed; nothing ran here.
+    IncomingFailed(String),
 }
 
 /// What a batch of VM events calls for.

@@ -11,6 +11,7 @@ use vmm::api::model::LogLevel;
 use vmm::config::{DEFAULT_CMDLINE, ResetPolicy, VmConfig};
 use vmm::console::ConsoleConfig;
 
+mod cli_migration;
 mod cli_snapshot;
 
 /// Exit status when the guest kernel panicked.
@@ -40,7 +41,7 @@ struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
-struct ProcessArgs {
+pub(crate) struct ProcessArgs {
     /// Serve the HTTP API on this Unix socket (removed on exit).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -88,6 +89,13 @@ enum Command {
     /// Create, load, inspect and rebase snapshots.
     #[command(subcommand)]
     Snapshot(cli_snapshot::SnapshotCommand),
+    /// Wait for one incoming live migration, then run the guest (console on stdio).
+    Receive(cli_migration::ReceiveArgs),
+    /// Live-migrate a running vmm's guest to a destination and follow it to the end.
+    Send(cli_migration::SendArgs),
+    /// Show or cancel a running vmm's migration.
+    #[command(subcommand)]
+    Migration(cli_migration::MigrationCommand),
 }
 
 #[derive(Args, Debug)]
@@ -181,7 +189,7 @@ enum OnReset {
 /// What the VMM process will do.
 #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 #[derive(Debug)]
-struct Plan {
+pub(crate) struct Plan {
     id: String,
     /// Boot at once with this configuration.
     boot: Option<VmConfig>,
@@ -189,6 +197,8 @@ struct Plan {
     base: VmConfig,
     api_sock: Option<PathBuf>,
     metrics_path: Option<PathBuf>,
+    /// Wait for an incoming migration at once.
+    receive: Option<vmm::api::migration::ReceiveParams>,
 }
 
 fn plan_run(a: &RunArgs, p: &ProcessArgs) -> anyhow::Result<Plan> {
@@ -215,6 +225,7 @@ fn plan_run(a: &RunArgs, p: &ProcessArgs) -> anyhow::Result<Plan> {
         boot: Some(c),
         api_sock: a.api_sock.clone(),
         metrics_path: None,
+        receive: None,
     })
 }
 
@@ -243,6 +254,7 @@ fn plan_process(p: &ProcessArgs) -> anyhow::Result<Plan> {
         boot,
         api_sock: p.api_sock.clone(),
         metrics_path: p.metrics_path.clone(),
+        receive: None,
     })
 }
 
@@ -313,6 +325,9 @@ fn main() -> ExitCode {
     let plan = match &cli.command {
         None => plan_process(p),
         Some(Command::Run(a)) => plan_run(a, p),
+        Some(Command::Receive(a)) => cli_migration::plan_receive(a, p),
+        Some(Command::Send(a)) => return cli_migration::send(a),
+        Some(Command::Migration(c)) => return cli_migration::run_command(c),
         Some(Command::Info(a)) => return client(a, "GET", "/", None, ""),
         Some(Command::Snapshot(c)) => return cli_snapshot::run(c),
         Some(Command::Config(a)) => return client(a, "GET", "/vm/config", None, ""),
@@ -456,6 +471,20 @@ fn serve(plan: Plan, start: std::time::Instant) -> ExitCode {
     };
     let stdin_console = plan.base.console == ConsoleConfig::Stdio;
     let mut term = stdin_console.then(vmm::console::RawTerminal::enter);
+    if let Some(r) = &plan.receive {
+        let resp = ctl.handle(vmm::api::router::ApiRequest::PutMigrationReceive(r.clone()));
+        if resp.status >= 300 {
+            if let Some(t) = term.as_mut() {
+                t.restore();
+            }
+            let msg = resp
+                .body
+                .as_ref()
+                .and_then(|b| b["fault_message"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            return fail(msg);
+        }
+    }
     if plan.boot.is_some() {
         if let Err(e) = ctl.start() {
             if let Some(t) = term.as_mut() {
@@ -489,6 +518,12 @@ fn serve(plan: Plan, start: std::time::Instant) -> ExitCode {
             eprintln!("vmm: stopped by signal {sig}");
             ExitCode::from(128u8.saturating_add(sig as u8))
         }
+        Ok(Outcome::Migrated(to)) => {
+            eprintln!("vmm: the guest migrated to {to} and runs there");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::MigrationUnconfirmed(msg)) => fail(msg),
+        Ok(Outcome::IncomingFailed(msg)) => fail(format!("incoming migration: {msg}")),
         Err(e) => fail(e.to_string()),
     }
 }

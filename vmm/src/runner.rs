@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::server::ApiReceiver;
@@ -12,7 +13,7 @@ use crate::console::ConsoleOutput;
 use crate::controller::{Backend, Controller};
 use crate::device_manager::DeviceThread;
 pub use crate::events::Outcome;
-use crate::events::{Decision, EventReceiver, EventSender, decide};
+use crate::events::{Decision, EventReceiver, EventSender, VmEvent, decide};
 use crate::metrics::METRICS;
 use crate::vcpu::{VcpuError, VcpuHandle};
 use crate::vm::builder::{self, BuildError, BuiltVm, Serial};
@@ -174,52 +175,83 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
 pub struct KvmBackend {
     events: EventSender,
     start: Instant,
+    outgoing: Option<crate::migration::source::Outgoing>,
+    incoming: Option<crate::migration::destination::IncomingMigration>,
 }
 
 impl KvmBackend {
     /// A backend reporting to `events`; `start` is the process start, for boot figures.
     pub fn new(events: EventSender, start: Instant) -> Self {
-        Self { events, start }
+        Self {
+            events,
+            start,
+            outgoing: None,
+            incoming: None,
+        }
+    }
+
+    /// The guest an incoming migration brought, once it runs.
+    pub fn take_arrived(&mut self) -> Option<(Arc<RunningVm>, VmConfig)> {
+        self.incoming
+            .as_ref()
+            .and_then(crate::migration::destination::IncomingMigration::take)
+    }
+
+    /// Stops an outgoing migration (cancels it unless committed) and waits for its thread,
+    /// so that nothing else holds the VM.
+    pub fn stop_migration(&mut self) {
+        if let Some(o) = self.outgoing.as_mut() {
+            o.stop();
+        }
+    }
+}
+
+/// Stops a VM that may still be shared with a migration thread that has ended.
+pub fn stop_vm(vm: Arc<RunningVm>) {
+    if let Ok(vm) = Arc::try_unwrap(vm) {
+        vm.stop();
     }
 }
 
 impl Backend for KvmBackend {
-    type Vm = RunningVm;
+    type Vm = Arc<RunningVm>;
 
-    fn start(&mut self, cfg: &VmConfig) -> Result<RunningVm, String> {
+    fn start(&mut self, cfg: &VmConfig) -> Result<Arc<RunningVm>, String> {
         let console = ConsoleOutput::open(&cfg.console)
             .map_err(|e| format!("cannot open the console: {e}"))?;
         let built = builder::build(cfg, console, self.start).map_err(|e| e.to_string())?;
         let setup = self.start.elapsed().as_micros();
         METRICS.vmm.setup_time_us.set(setup as u64);
         log::info!("Setup-time = {setup} us (process start to first KVM_RUN)");
-        RunningVm::start(built, &self.events, false).map_err(|e| e.to_string())
+        RunningVm::start(built, &self.events, false)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     }
 
-    fn pause(&mut self, vm: &RunningVm) {
+    fn pause(&mut self, vm: &Arc<RunningVm>) {
         vm.pause();
     }
 
-    fn resume(&mut self, vm: &RunningVm) {
+    fn resume(&mut self, vm: &Arc<RunningVm>) {
         vm.resume();
     }
 
     fn update_device(
         &mut self,
-        vm: &RunningVm,
+        vm: &Arc<RunningVm>,
         device: &str,
         change: crate::controller::DeviceChange,
     ) -> Result<(), String> {
         vm.update_device(device, change)
     }
 
-    fn device_metrics(&mut self, vm: &RunningVm) -> Vec<crate::metrics::DeviceGroup> {
+    fn device_metrics(&mut self, vm: &Arc<RunningVm>) -> Vec<crate::metrics::DeviceGroup> {
         vm.device_metrics()
     }
 
     fn snapshot(
         &mut self,
-        vm: &RunningVm,
+        vm: &Arc<RunningVm>,
         cfg: &VmConfig,
         params: &crate::api::snapshot::SnapshotCreateParams,
     ) -> Result<(), String> {
@@ -238,7 +270,7 @@ impl Backend for KvmBackend {
         &mut self,
         base: &VmConfig,
         req: &crate::api::snapshot::LoadRequest,
-    ) -> Result<(RunningVm, VmConfig), String> {
+    ) -> Result<(Arc<RunningVm>, VmConfig), String> {
         let console = ConsoleOutput::open(&base.console)
             .map_err(|e| format!("cannot open the console: {e}"))?;
         let (built, cfg) = crate::vm::restore::restore(base, req, console, self.start)
@@ -246,7 +278,59 @@ impl Backend for KvmBackend {
         let vm =
             RunningVm::start(built, &self.events, !req.resume_vm).map_err(|e| e.to_string())?;
         log::info!("snapshot {} loaded", req.snapshot_path);
-        Ok((vm, cfg))
+        Ok((Arc::new(vm), cfg))
+    }
+
+    fn migrate_send(
+        &mut self,
+        vm: &Arc<RunningVm>,
+        cfg: &VmConfig,
+        req: crate::api::migration::SendRequest,
+    ) -> Result<(), String> {
+        // The last attempt's thread has ended (the controller checked that none is going
+        // on); join it before the next starts.
+        self.stop_migration();
+        log::info!("migrating the guest to {}", req.destination);
+        self.outgoing = Some(crate::migration::source::start(
+            vm.clone(),
+            cfg.clone(),
+            req,
+            self.events.clone(),
+        )?);
+        Ok(())
+    }
+
+    fn migrate_receive(
+        &mut self,
+        base: &VmConfig,
+        req: crate::api::migration::ReceiveRequest,
+    ) -> Result<(), String> {
+        self.incoming = Some(crate::migration::destination::start(
+            base.clone(),
+            req,
+            self.events.clone(),
+            self.start,
+        )?);
+        Ok(())
+    }
+
+    fn migration(&self) -> Option<crate::api::migration::MigrationInfo> {
+        // The latest of the two: a guest that arrived here may be sent on.
+        self.outgoing
+            .as_ref()
+            .map(|o| o.control.info())
+            .or_else(|| self.incoming.as_ref().map(|i| i.control.info()))
+    }
+
+    fn migration_cancel(&mut self) -> Result<(), String> {
+        match &self.outgoing {
+            Some(o) => o.control.cancel(),
+            None if self.incoming.is_some() => Err(
+                "an incoming migration is cancelled on its source (PUT /migration/cancel there)"
+                    .into(),
+            ),
+            None => Err("no migration is in progress".into()),
+        }
     }
 }
 
@@ -351,12 +435,21 @@ pub fn run(ctl: &mut Controller<KvmBackend>, io: &LoopInputs<'_>) -> Result<Outc
             }
         }
     };
+    if matches!(
+        outcome,
+        Outcome::Migrated(_) | Outcome::MigrationUnconfirmed(_)
+    ) {
+        if let Some(api) = io.api {
+            linger(ctl, api);
+        }
+    }
     // The last line, with the devices' final counters, before they go.
     if ctl.metrics_sink().is_some() {
         let _ = ctl.flush_metrics();
     }
+    ctl.backend_mut().stop_migration();
     if let Some(vm) = ctl.take_vm() {
-        vm.stop();
+        stop_vm(vm);
     }
     Ok(outcome)
 }
@@ -369,6 +462,32 @@ fn on_vm_events(
     let events = rx.drain();
     if events.is_empty() {
         return Ok(None);
+    }
+    for e in &events {
+        match e {
+            VmEvent::MigratedAway {
+                destination,
+                error: None,
+            } => return Ok(Some(Outcome::Migrated(destination.clone()))),
+            VmEvent::MigratedAway { error: Some(e), .. } => {
+                return Ok(Some(Outcome::MigrationUnconfirmed(e.clone())));
+            }
+            VmEvent::MigrationIn => {
+                if let Some((vm, cfg)) = ctl.backend_mut().take_arrived() {
+                    ctl.adopt(vm, cfg);
+                }
+            }
+            // A destination that received nothing ends; a source runs on.
+            VmEvent::MigrationEnded if ctl.vm().is_none() => {
+                let why = ctl
+                    .backend_mut()
+                    .migration()
+                    .and_then(|m| m.error)
+                    .unwrap_or_else(|| "the incoming migration failed".into());
+                return Ok(Some(Outcome::IncomingFailed(why)));
+            }
+            _ => {}
+        }
     }
     let pending_panic = ctl.vm().and_then(|vm| {
         vm.serial()
@@ -385,13 +504,51 @@ fn on_vm_events(
         Decision::End(o) => Ok(Some(o)),
         Decision::Reboot => {
             log::info!("guest reset: rebooting");
+            ctl.backend_mut().stop_migration();
             if let Some(vm) = ctl.take_vm() {
-                vm.stop();
+                stop_vm(vm);
             }
             // Reports from the old VM's vCPUs, sent while it stopped, are about it.
             let _ = rx.drain();
             ctl.start().map_err(RunError::Restart)?;
             Ok(None)
+        }
+    }
+}
+
+/// After the guest has migrated away, keeps answering the API for a moment, so that a
+/// client following the migration (`vmm send`) reads its end before the process exits:
+/// until 300 ms after the first `GET /migration` that reports it, or 5 s at most.
+fn linger(ctl: &mut Controller<KvmBackend>, api: &ApiReceiver) {
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    let mut answered: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let end = match answered {
+            Some(t) => until.min(t + std::time::Duration::from_millis(300)),
+            None => until,
+        };
+        if now >= end {
+            return;
+        }
+        let mut fds = [libc::pollfd {
+            fd: api.wake_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let wait = (end - now).as_millis().min(1000) as i32;
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.max(1)) };
+        if n <= 0 {
+            continue;
+        }
+        for call in api.drain() {
+            let migration = call.request == crate::api::router::ApiRequest::GetMigration;
+            let resp = ctl.handle(call.request);
+            let _ = call.reply.send(resp);
+            if migration && answered.is_none() {
+                answered = Some(Instant::now());
+            }
         }
     }
 }

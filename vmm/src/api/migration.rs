@@ -282,6 +282,8 @@ pub struct MigrationInfo {
     pub total_time_ms: f64,
     /// Why it failed.
     pub error: Option<String>,
+    /// Whether it passed the commit point: from then on the destination owns the guest.
+    pub committed: bool,
 }
 
 impl MigrationInfo {
@@ -303,6 +305,7 @@ impl MigrationInfo {
             downtime_ms: None,
             total_time_ms: 0.0,
             error: None,
+            committed: false,
         }
     }
 

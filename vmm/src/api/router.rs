@@ -203,7 +203,7 @@ fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiResponse> {
 }
 
 /// The fields that are lists of objects in Firecracker's description.
-const LIST_FIELDS: &[&str] = &["network_overrides"];
+const LIST_FIELDS: &[&str] = &["network_overrides", "drive_overrides"];
 
 /// A JSON value's type, as messages name it.
 fn json_type(v: &Value) -> &'static str {
@@ -634,6 +634,8 @@ mod tests {
             r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#,
             r#"{"iface_id": "eth0"}"#,
             r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+            r#"{"destination": "tcp:h:1"}"#,
+            r#"{"listen": "tcp:0.0.0.0:1"}"#,
             r#"{}"#,
         ];
         for (path, method) in ROUTES {

@@ -37,6 +37,12 @@ impl<B: Backend> Controller<B> {
             return None;
         }
         let info = self.backend.migration()?;
+        if info.role == crate::api::migration::Role::Source && info.committed {
+            return Some(format!(
+                "the guest has migrated to {}: this instance no longer runs it",
+                info.peer
+            ));
+        }
         info.state.is_active().then(|| {
             format!(
                 "a migration is in progress ({}, {}): only GET requests, logger and metrics requests and PUT /migration/cancel are served until it ends",

@@ -872,6 +872,23 @@ fn a_migration_needs_a_running_vm_and_locks_the_instance_until_it_ends() {
     assert!(fault_message(&call(&mut c, "PUT", "/migration/cancel", "")).contains("no migration"));
     call(&mut c, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
     assert_eq!(call(&mut c, "PUT", "/migration/send", send).status, 204);
+    // Past the commit point the guest is the destination's, even once the report ends:
+    // nothing here may pause, resume or snapshot it again.
+    let m = c.backend.migration.as_mut().unwrap();
+    m.committed = true;
+    m.state = crate::api::migration::MigrationState::Failed;
+    for (method, path, body) in [
+        ("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        ("PATCH", "/vm", r#"{"state": "Resumed"}"#),
+        ("PUT", "/migration/send", send),
+    ] {
+        let r = call(&mut c, method, path, body);
+        assert!(
+            fault_message(&r).contains("has migrated to tcp:10.0.0.2:6000"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(call(&mut c, "GET", "/migration", "").status, 200);
 }
 
 #[test]

@@ -35,12 +35,19 @@ pub enum DirtyError {
 pub struct GuestDirtySource<'a> {
     vm: &'a VmFd,
     ram: &'a Ram,
+    /// The VM logs dirty pages for Diff snapshots anyway: the log stays on afterwards.
+    keep_logging: bool,
 }
 
 impl<'a> GuestDirtySource<'a> {
-    /// The memory of `vm`, whose slot 0 maps `ram`.
-    pub fn new(vm: &'a VmFd, ram: &'a Ram) -> Self {
-        Self { vm, ram }
+    /// The memory of `vm`, whose slot 0 maps `ram`; `keep_logging` when the VM tracks dirty
+    /// pages for its own sake (Diff snapshots), so turning tracking off leaves the log on.
+    pub fn new(vm: &'a VmFd, ram: &'a Ram, keep_logging: bool) -> Self {
+        Self {
+            vm,
+            ram,
+            keep_logging,
+        }
     }
 
     fn set_logging(&self, on: bool) -> Result<(), DirtyError> {
@@ -70,6 +77,12 @@ impl DirtySource for GuestDirtySource<'_> {
     }
 
     fn start_tracking(&mut self) -> Result<(), DirtyError> {
+        if self.keep_logging {
+            // Already on (manual protect, set up when the VM was built); the engine's
+            // first read takes what is logged, and round 1 sends every page anyway.
+            let _ = self.ram.take_device_dirty();
+            return Ok(());
+        }
         dirty_log::enable_manual_protect(self.vm, true)?;
         self.set_logging(true)?;
         // What the devices wrote before now travels in the first round anyway.
@@ -105,6 +118,9 @@ impl DirtySource for GuestDirtySource<'_> {
     }
 
     fn stop_tracking(&mut self) -> Result<(), DirtyError> {
+        if self.keep_logging {
+            return Ok(());
+        }
         self.set_logging(false)
     }
 }

@@ -1,8 +1,16 @@
-//! The VMM side of live migration: what the portable engine in `migration::engine` drives.
-//! So far the dirty-page source over a running VM's memory and the vCPU throttle; the send and
-//! receive threads come with the rest of the migration work.
+//! The VMM side of live migration: what the portable engine in `migration::engine` drives,
+//! the connection both ends speak through, the checks a destination makes before any page
+//! moves, and the send and receive threads.
+
+pub mod control;
+pub mod preflight;
+pub mod wire;
 
 #[cfg(target_arch = "aarch64")]
+pub mod destination;
+#[cfg(target_arch = "aarch64")]
 pub mod dirty;
+#[cfg(target_arch = "aarch64")]
+pub mod source;
 #[cfg(target_arch = "aarch64")]
 pub mod throttle;

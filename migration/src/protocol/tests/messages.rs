@@ -429,7 +429,7 @@ fn the_page_fast_paths_refuse_what_the_decoder_refuses() {
     let mut f = encode_message(&m).unwrap();
     let last = f.len() - 1;
     f[last] = 2;
-    let f = crate::protocol::fix_checksums(&f);
+    let f = fix_checksums(&f);
     let want = err(&f);
     let mut buf = Vec::new();
     let got = read_incoming(&mut &f[..], &mut buf)
