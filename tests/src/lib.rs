@@ -7,6 +7,7 @@
 pub mod a64;
 pub mod api;
 pub mod guest;
+pub mod migrate;
 pub mod snap;
 
 #[cfg(target_arch = "aarch64")]

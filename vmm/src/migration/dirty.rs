@@ -37,6 +37,10 @@ pub struct GuestDirtySource<'a> {
     ram: &'a Ram,
     /// The VM logs dirty pages for Diff snapshots anyway: the log stays on afterwards.
     keep_logging: bool,
+    /// Pages that may hold data: those of the backing's data extents when tracking began,
+    /// plus every page logged dirty since. The others are holes, zero without being read
+    /// (reading a hole of shared memory would allocate it).
+    maybe_data: Option<DirtyBitmap>,
 }
 
 impl<'a> GuestDirtySource<'a> {
@@ -47,7 +51,26 @@ impl<'a> GuestDirtySource<'a> {
             vm,
             ram,
             keep_logging,
+            maybe_data: None,
         }
+    }
+
+    /// Notes the pages that may hold data, after logging is on (so a hole written later is
+    /// logged, and read then).
+    fn find_data(&mut self) -> Result<(), DirtyError> {
+        let pages = self.page_count();
+        let mut map = DirtyBitmap::new(pages);
+        let maybe = self
+            .ram
+            .candidates()
+            .map_err(|e| DirtyError::Read(0, e.to_string()))?;
+        for (i, m) in maybe.iter().enumerate() {
+            if *m {
+                map.set(i as u64);
+            }
+        }
+        self.maybe_data = Some(map);
+        Ok(())
     }
 
     fn set_logging(&self, on: bool) -> Result<(), DirtyError> {
@@ -81,13 +104,13 @@ impl DirtySource for GuestDirtySource<'_> {
             // Already on (manual protect, set up when the VM was built); the engine's
             // first read takes what is logged, and round 1 sends every page anyway.
             let _ = self.ram.take_device_dirty();
-            return Ok(());
+            return self.find_data();
         }
         dirty_log::enable_manual_protect(self.vm, true)?;
         self.set_logging(true)?;
         // What the devices wrote before now travels in the first round anyway.
         let _ = self.ram.take_device_dirty();
-        Ok(())
+        self.find_data()
     }
 
     fn take_dirty(&mut self) -> Result<DirtyBitmap, DirtyError> {
@@ -100,10 +123,17 @@ impl DirtySource for GuestDirtySource<'_> {
         for (w, d) in words.iter_mut().zip(self.ram.take_device_dirty()) {
             *w |= d;
         }
-        DirtyBitmap::from_words(words, pages).map_err(|_| DirtyError::Size(pages))
+        let dirty = DirtyBitmap::from_words(words, pages).map_err(|_| DirtyError::Size(pages))?;
+        if let Some(m) = self.maybe_data.as_mut() {
+            m.union_with(&dirty);
+        }
+        Ok(dirty)
     }
 
     fn is_zero(&self, index: u64) -> Result<bool, DirtyError> {
+        if self.maybe_data.as_ref().is_some_and(|m| !m.get(index)) {
+            return Ok(true);
+        }
         let mut page = [0u8; PAGE_SIZE as usize];
         self.read_page(index, &mut page)?;
         Ok(is_zero(&page))
@@ -118,6 +148,7 @@ impl DirtySource for GuestDirtySource<'_> {
     }
 
     fn stop_tracking(&mut self) -> Result<(), DirtyError> {
+        self.maybe_data = None;
         if self.keep_logging {
             return Ok(());
         }

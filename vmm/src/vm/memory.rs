@@ -226,7 +226,7 @@ impl Ram {
 
     /// Pages that may hold something other than zeros: the data of the backing file, and for
     /// a private mapping also every page resident in it (written since the restore).
-    fn candidates(&self) -> Result<Vec<bool>, MemoryError> {
+    pub(crate) fn candidates(&self) -> Result<Vec<bool>, MemoryError> {
         let n = self.pages() as usize;
         let mut maybe = vec![false; n];
         for (start, end) in data_extents(&self.file, self.size)

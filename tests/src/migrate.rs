@@ -1,0 +1,97 @@
+//! What the migration tests share: a destination `vmm receive` process, `vmm send`, the
+//! migration report, and the `vmm-guest-tool dirty` workload's status.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::api::{curl, socket_path, wait_ready};
+use crate::guest::{Guest, vmm_bin};
+
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts `vmm receive` on loopback `port` with its API on a new socket and `extra`
+/// arguments (overrides); returns it (its console is the guest's, once it arrives) and its
+/// socket.
+pub fn receive(tag: &str, port: u16, extra: &[&str]) -> (Guest, PathBuf) {
+    let sock = socket_path(tag);
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let mut args = vec![
+        "receive",
+        "--listen",
+        &listen,
+        "--api-sock",
+        sock.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let g = Guest::start(&args);
+    wait_ready(&sock);
+    (g, sock)
+}
+
+/// What `vmm send` did.
+#[derive(Debug)]
+pub struct Sent {
+    /// Its exit code.
+    pub code: Option<i32>,
+    /// Its standard output (progress lines, the final line).
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `vmm send` against the vmm at `sock`, to loopback `port`, with `extra` arguments.
+pub fn send(sock: &Path, port: u16, extra: &[&str]) -> Sent {
+    let out = Command::new(vmm_bin())
+        .args(["send", "--api-sock"])
+        .arg(sock)
+        .args(["--to", &format!("tcp:127.0.0.1:{port}")])
+        .args(extra)
+        .output()
+        .expect("run vmm send");
+    let sent = Sent {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("vmm send: {:?}\n{}{}", sent.code, sent.stdout, sent.stderr);
+    sent
+}
+
+/// `GET /migration`.
+pub fn report(sock: &Path) -> serde_json::Value {
+    let (code, body) = curl(sock, "GET", "/migration", None);
+    assert_eq!(code, 200, "GET /migration: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Starts the `dirty` workload over `mib` MiB at `rate` MiB/s (0: as fast as it can) and
+/// waits until it has filled its memory.
+pub fn start_dirtier(g: &mut Guest, mib: u64, rate: u64) {
+    g.send(&format!(
+        "vmm-guest-tool dirty {mib} {rate} & echo $! > /tmp/dirty.pid\n"
+    ));
+    g.wait_for("DIRTY_READY");
+}
+
+/// The `dirty` workload's check of every page: (pages, rewrites so far, bad pages).
+pub fn dirty_status(g: &mut Guest) -> (u64, u64, u64) {
+    let out = g.sh(
+        "rm -f /tmp/dirty.status; kill -USR1 $(cat /tmp/dirty.pid); \
+         while [ ! -e /tmp/dirty.status ]; do sleep 0.2; done; cat /tmp/dirty.status",
+    );
+    let line = out.last().expect("a status line").clone();
+    println!("dirty status: {line}");
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (field("pages"), field("rewrites"), field("bad"))
+}

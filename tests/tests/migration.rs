@@ -1,0 +1,257 @@
+//! Live migration inside the emulated host, with real KVM, real guests and real TCP over
+//! loopback: a guest with a disk, a tap and vsock moves between two VMM processes (idle,
+//! with a dirtier that converges, with one that converges only through auto-converge) and
+//! carries on: its memory pattern verifies, its counters continued, its file is intact, it
+//! answers pings through the destination's tap, a new vsock connection works, and its clock
+//! never went backwards.
+#![cfg(target_arch = "aarch64")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vmm_tests::api::get_json;
+use vmm_tests::guest::{Guest, PATIENCE, artifact};
+use vmm_tests::migrate::{dirty_status, free_port, receive, report, send, start_dirtier};
+use vmm_tests::snap::{boot, hold_status, scratch};
+
+fn host(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn connect_guest(uds: &Path, port: u32) -> UnixStream {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut s = UnixStream::connect(uds).expect("connect to uds_path");
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .expect("send CONNECT");
+        let mut line = String::new();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        if r.read_line(&mut line).is_ok() && line.starts_with("OK ") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest listener never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn echo(s: &mut UnixStream, text: &str) {
+    s.write_all(text.as_bytes()).expect("write to the guest");
+    let mut back = vec![0u8; text.len()];
+    s.read_exact(&mut back).expect("read the echo");
+    assert_eq!(back, text.as_bytes());
+}
+
+fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
+    let out = g.sh("wc -l < /mnt/grow; grep -vc '^line$' /mnt/grow");
+    let n = |i: usize| {
+        out.get(i)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a count")
+    };
+    (n(0), n(1))
+}
+
+fn pings(addr: &str) -> bool {
+    Command::new("ping")
+        .args(["-c", "3", "-i", "0.3", "-W", "5", addr])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Everything the guest promises after a move, against what it showed before.
+struct Before {
+    counters: Vec<u64>,
+    grown: u64,
+}
+
+fn check_after(g: &mut Guest, before: &Before, uds: &Path, what: &str) -> Before {
+    let hold = hold_status(g);
+    assert!(
+        hold.ok(),
+        "{what}: the pattern or the clock broke: {hold:?}"
+    );
+    for (i, (b, a)) in before.counters.iter().zip(&hold.counters).enumerate() {
+        assert!(
+            a > b,
+            "{what}: CPU {i}'s counter did not continue: {b} -> {a}"
+        );
+    }
+    let (grown, bad) = lines_of_grow(g);
+    assert!(
+        grown > before.grown && bad == 0,
+        "{what}: the file: {grown} lines, {bad} bad"
+    );
+    assert!(
+        pings("172.30.0.2"),
+        "{what}: the guest does not answer pings"
+    );
+    let mut s = connect_guest(uds, 5000);
+    echo(&mut s, &format!("after {what}\n"));
+    Before {
+        counters: hold.counters,
+        grown,
+    }
+}
+
+/// Moves the guest of the vmm at `from` to a new `vmm receive` using `tap` and `uds`;
+/// returns the destination, its socket and `vmm send`'s output.
+fn migrate(
+    from: Guest,
+    from_sock: &Path,
+    tag: &str,
+    tap: &str,
+    uds: &Path,
+    send_args: &[&str],
+) -> (Guest, std::path::PathBuf, String) {
+    let port = free_port();
+    let net = format!("eth0={tap}");
+    let (to, to_sock) = receive(
+        tag,
+        port,
+        &[
+            "--net-override",
+            &net,
+            "--vsock-override",
+            uds.to_str().expect("utf-8"),
+        ],
+    );
+    let sent = send(from_sock, port, send_args);
+    assert_eq!(
+        sent.code,
+        Some(0),
+        "vmm send: {}{}",
+        sent.stdout,
+        sent.stderr
+    );
+    assert!(
+        sent.stdout
+            .contains(&format!("migrated to tcp:127.0.0.1:{port}")),
+        "{}",
+        sent.stdout
+    );
+    let (status, stderr) = from.wait_exit();
+    assert_eq!(status.code(), Some(0), "the source: {stderr}");
+    assert!(
+        stderr.contains(&format!("migration to tcp:127.0.0.1:{port} complete")),
+        "the source names the destination: {stderr}"
+    );
+    let r = report(&to_sock);
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_eq!(get_json(&to_sock, "/")["state"], "Running");
+    (to, to_sock, sent.stdout)
+}
+
+#[test]
+fn a_busy_guest_moves_between_processes_and_carries_on() {
+    let dir = scratch("mig-busy");
+    let disk = dir.join("disk.ext4");
+    std::fs::copy(artifact("GUEST_ROOTFS"), &disk).expect("copy the disk");
+    let (uds_a, uds_b) = (dir.join("a.sock"), dir.join("b.sock"));
+    host(
+        "ip link add brmig type bridge && ip addr add 172.30.0.1/24 dev brmig && ip link set brmig up \
+         && for t in vmtapma vmtapmb; do ip tuntap add dev $t mode tap vnet_hdr && ip link set $t master brmig && ip link set $t up; done",
+    );
+    let sock_a = vmm_tests::api::socket_path("mig-a");
+    let mut g = boot(
+        &sock_a,
+        r#"{"vcpu_count": 2, "mem_size_mib": 1024}"#,
+        &[
+            (
+                "/drives/data",
+                format!(
+                    r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}"#,
+                    disk.display()
+                ),
+            ),
+            (
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "vmtapma", "guest_mac": "06:00:ac:1e:00:02"}"#
+                    .to_string(),
+            ),
+            (
+                "/vsock",
+                format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, uds_a.display()),
+            ),
+        ],
+    );
+    g.sh("ip addr add 172.30.0.2/24 dev eth0; ip link set eth0 up");
+    g.sh("mount /dev/vda /mnt && rm -f /mnt/grow");
+    g.send("(while true; do echo line >> /mnt/grow; sync; sleep 0.5; done) &\n");
+    g.send("vmm-guest-tool vsock-echo 5000 &\n");
+    g.wait_for("VSOCK_ECHO_READY");
+    g.send("vmm-guest-tool hold 256 &\n");
+    g.wait_for("HOLD_READY");
+    assert!(pings("172.30.0.2"), "the guest answers before the move");
+    let hold = hold_status(&mut g);
+    assert!(hold.ok(), "{hold:?}");
+    let (grown, _) = lines_of_grow(&mut g);
+    let mut before = Before {
+        counters: hold.counters,
+        grown,
+    };
+
+    // 1. Idle (but for the workloads above), A to B.
+    let (mut h, sock_b, out) = migrate(g, &sock_a, "mig-b", "vmtapmb", &uds_b, &[]);
+    assert!(out.contains("round"), "progress lines: {out}");
+    before = check_after(&mut h, &before, &uds_b, "the idle move");
+
+    // 2. With a dirtier that converges (64 MiB rewritten at 16 MiB/s), B to A.
+    start_dirtier(&mut h, 64, 16);
+    let (mut g, sock_a2, _) = migrate(h, &sock_b, "mig-a2", "vmtapma", &uds_a, &[]);
+    let (pages, _, bad) = dirty_status(&mut g);
+    assert_eq!(
+        (pages, bad),
+        (64 * 256, 0),
+        "every dirtied page arrived whole"
+    );
+    before = check_after(
+        &mut g,
+        &before,
+        &uds_a,
+        "the move under a converging dirtier",
+    );
+
+    // 3. A dirtier faster than a capped link: only auto-converge gets it across, A to B.
+    g.sh("kill $(cat /tmp/dirty.pid)");
+    start_dirtier(&mut g, 64, 0);
+    let (mut h, sock_b2, out) = migrate(
+        g,
+        &sock_a2,
+        "mig-b2",
+        "vmtapmb",
+        &uds_b,
+        &["--max-bandwidth", "32", "--downtime-ms", "100"],
+    );
+    let throttled = out.lines().any(|l| {
+        l.split("throttle")
+            .nth(1)
+            .and_then(|t| t.trim_start().split('%').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| p > 0)
+    });
+    assert!(throttled, "the throttle was reported above 0%: {out}");
+    let (_, _, bad) = dirty_status(&mut h);
+    assert_eq!(bad, 0, "every dirtied page arrived whole");
+    check_after(&mut h, &before, &uds_b, "the auto-converged move");
+
+    h.send("poweroff -f\n");
+    let (status, stderr) = h.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let _ = std::fs::remove_file(&sock_b2);
+    host("ip link del vmtapma; ip link del vmtapmb; ip link del brmig");
+}
