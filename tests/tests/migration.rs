@@ -194,7 +194,7 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     g.send("(while true; do echo line >> /mnt/grow; sync; sleep 0.5; done) &\n");
     g.send("vmm-guest-tool vsock-echo 5000 &\n");
     g.wait_for("VSOCK_ECHO_READY");
-    g.send("vmm-guest-tool hold 256 &\n");
+    g.send("vmm-guest-tool hold 64 &\n");
     g.wait_for("HOLD_READY");
     assert!(pings("172.30.0.2"), "the guest answers before the move");
     let hold = hold_status(&mut g);
@@ -210,8 +210,8 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     assert!(out.contains("round"), "progress lines: {out}");
     before = check_after(&mut h, &before, &uds_b, "the idle move");
 
-    // 2. With a dirtier that converges (64 MiB rewritten at 16 MiB/s), B to A.
-    start_dirtier(&mut h, 64, 16);
+    // 2. With a dirtier that converges (32 MiB rewritten at 8 MiB/s), B to A.
+    start_dirtier(&mut h, 32, 8);
     let (mut g, sock_a2, _) = migrate(h, &sock_b, "mig-a2", "vmtapma", &uds_a, &[]);
     let (pages, _, bad) = dirty_status(&mut g);
     assert_eq!(
@@ -228,14 +228,14 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
 
     // 3. A dirtier faster than a capped link: only auto-converge gets it across, A to B.
     g.sh("kill $(cat /tmp/dirty.pid)");
-    start_dirtier(&mut g, 64, 0);
+    start_dirtier(&mut g, 32, 0);
     let (mut h, sock_b2, out) = migrate(
         g,
         &sock_a2,
         "mig-b2",
         "vmtapmb",
         &uds_b,
-        &["--max-bandwidth", "32", "--downtime-ms", "100"],
+        &["--max-bandwidth", "16", "--downtime-ms", "100"],
     );
     let throttled = out.lines().any(|l| {
         l.split("throttle")
