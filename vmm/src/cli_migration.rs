@@ -1,7 +1,8 @@
 //! `vmm receive`, `vmm send` and `vmm migration status|cancel`. `receive` is a VMM process
 //! that waits for one incoming guest and runs it with its console on this terminal; `send`
 //! starts a migration through a running vmm's API (`PUT /migration/send`) and follows it
-//! (`GET /migration`) with a progress bar on a terminal, plain lines otherwise, exiting 0
+//! (`GET /migration`) with a progress bar redrawn in place on a terminal, and otherwise a
+//! line with the bar each second or at each change of state, exiting 0
 //! only once the destination has confirmed that it runs the guest. Part of the binary.
 
 use std::io::{IsTerminal, Write};
@@ -230,7 +231,8 @@ pub fn send(a: &SendArgs) -> ExitCode {
             let _ = write!(out, "\r\x1b[K{}", progress_line(&v, true));
             let _ = out.flush();
         } else if ended || state != last_state || last_line.elapsed() >= Duration::from_secs(1) {
-            let _ = writeln!(out, "{}", progress_line(&v, false));
+            // One bar per line: a log or a serial console keeps every step.
+            let _ = writeln!(out, "{}", progress_line(&v, true));
             last_line = Instant::now();
         }
         last_state.clone_from(&state);

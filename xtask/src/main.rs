@@ -104,9 +104,11 @@ enum Task {
         #[arg(long = "b", value_name = "COMMAND")]
         cmd_b: String,
     },
-    /// Build vmm, boot a guest, run `uname -a` and `nproc` in it, and power it off.
+    /// Build vmm, boot a guest in one host and live-migrate it to a second one with
+    /// `vmm send` (progress shown), where it carries on (its uptime and a file it wrote).
     ///
-    /// Inside an emulated Arm64 host on x86_64; natively on an Arm64 host with /dev/kvm.
+    /// Two linked emulated Arm64 hosts on x86_64; natively on an Arm64 host with /dev/kvm,
+    /// two vmm processes over loopback.
     Demo {
         #[command(flatten)]
         machine: Machine,
@@ -326,8 +328,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
             let payload = host_payload(&art)?;
-            let script = include_str!("../../resources/demo.sh");
+            let source = include_str!("../../resources/demo-source.sh");
+            let destination = include_str!("../../resources/demo-destination.sh");
             if layers::native_kvm() {
+                // Both ends on this host, over loopback.
                 let vmm_dir = payload.files[0]
                     .1
                     .parent()
@@ -338,27 +342,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     vmm_dir.display(),
                     std::env::var("PATH").unwrap_or_default()
                 );
-                let status = std::process::Command::new("bash")
-                    .args(["-c", script])
-                    .env("PATH", path)
+                let mut b = std::process::Command::new("bash")
+                    .args(["-c", destination])
+                    .env("PATH", &path)
+                    .envs(layers::guest_env(&art))
+                    .spawn()?;
+                let a = std::process::Command::new("bash")
+                    .args(["-c", source])
+                    .env("PATH", &path)
+                    .env("PEER_ADDR", "127.0.0.1")
                     .envs(layers::guest_env(&art))
                     .status()?;
-                return Ok(exit_code(status.code().unwrap_or(1)));
+                let b = b.wait()?;
+                let code = if a.success() { b.code() } else { a.code() };
+                return Ok(exit_code(code.unwrap_or(1)));
             }
-            let spec = qemu::HostSpec {
-                name: "vmm-host".into(),
-                cpu: "max".into(),
-                cntfrq: None,
-                smp: machine.smp,
-                mem_mib: machine.mem,
-                icount: machine.icount,
-                timeout: Duration::from_secs(machine.timeout),
-                link: None,
-                forwards: Vec::new(),
-            };
-            let mut sink = |l: &str| println!("{l}");
-            let out = qemu::run(&spec, &art, &payload, script, &mut sink)?;
-            Ok(exit_code(out.status))
+            // Two emulated hosts of the same CPU model on one link.
+            let (pa, pb) = qemu::free_udp_ports()?;
+            let (a, b) = layers::pair_specs(
+                ("max", None),
+                ("max", None),
+                machine.smp,
+                machine.mem,
+                machine.icount,
+                Duration::from_secs(machine.timeout),
+                pa,
+                pb,
+            );
+            let [ra, rb] = qemu::run_pair(&[a, b], &art, &payload, [source, destination])?;
+            let (ra, rb) = (ra?, rb?);
+            println!(
+                "host a exited {}, host b exited {}",
+                ra.status, rb.status
+            );
+            Ok(exit_code(if ra.status != 0 {
+                ra.status
+            } else {
+                rb.status
+            }))
         }
         Task::Bench {
             runs,
