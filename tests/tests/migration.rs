@@ -255,3 +255,38 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     let _ = std::fs::remove_file(&sock_b2);
     host("ip link del vmtapma; ip link del vmtapmb; ip link del brmig");
 }
+
+#[test]
+fn twenty_migrations_back_and_forth_each_verified() {
+    let sock = vmm_tests::api::socket_path("mig-20-0");
+    let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#, &[]);
+    g.send("vmm-guest-tool hold 8 &\n");
+    g.wait_for("HOLD_READY");
+    start_dirtier(&mut g, 8, 4);
+    let mut counters = hold_status(&mut g).counters;
+    let mut from_sock = sock;
+    for i in 1..=20 {
+        let port = free_port();
+        let (mut d, d_sock) = receive(&format!("mig-20-{i}"), port, &[]);
+        let sent = send(&from_sock, port, &[]);
+        assert_eq!(sent.code, Some(0), "move {i}: {}{}", sent.stdout, sent.stderr);
+        let (status, stderr) = g.wait_exit();
+        assert_eq!(status.code(), Some(0), "move {i}: the source: {stderr}");
+        let hold = hold_status(&mut d);
+        assert!(hold.ok(), "move {i}: {hold:?}");
+        assert!(
+            hold.counters[0] > counters[0],
+            "move {i}: the counter went {counters:?} -> {:?}",
+            hold.counters
+        );
+        counters = hold.counters;
+        let (_, _, bad) = dirty_status(&mut d);
+        assert_eq!(bad, 0, "move {i}: the dirtier's pages");
+        let _ = std::fs::remove_file(&from_sock);
+        g = d;
+        from_sock = d_sock;
+    }
+    g.send("poweroff -f\n");
+    let (status, stderr) = g.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
