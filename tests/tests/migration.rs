@@ -269,7 +269,13 @@ fn twenty_migrations_back_and_forth_each_verified() {
         let port = free_port();
         let (mut d, d_sock) = receive(&format!("mig-20-{i}"), port, &[]);
         let sent = send(&from_sock, port, &[]);
-        assert_eq!(sent.code, Some(0), "move {i}: {}{}", sent.stdout, sent.stderr);
+        assert_eq!(
+            sent.code,
+            Some(0),
+            "move {i}: {}{}",
+            sent.stdout,
+            sent.stderr
+        );
         let (status, stderr) = g.wait_exit();
         assert_eq!(status.code(), Some(0), "move {i}: the source: {stderr}");
         let hold = hold_status(&mut d);

@@ -371,10 +371,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             let [ra, rb] = qemu::run_pair(&[a, b], &art, &payload, [source, destination])?;
             let (ra, rb) = (ra?, rb?);
-            println!(
-                "host a exited {}, host b exited {}",
-                ra.status, rb.status
-            );
+            println!("host a exited {}, host b exited {}", ra.status, rb.status);
             Ok(exit_code(if ra.status != 0 {
                 ra.status
             } else {

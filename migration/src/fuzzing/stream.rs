@@ -35,15 +35,21 @@ fn check_fast_path(data: &[u8]) {
                 assert_eq!(pages.len(), p.len());
                 for (r, (index, data)) in pages.iter().zip(p.iter()) {
                     assert_eq!(r.index, index);
-                    match (&r.data, data) {
-                        (PageData::Zero, None) => {}
-                        (PageData::Bytes(x), Some(y)) => assert_eq!(&x[..], y),
-                        _ => panic!("page {index}: the readers disagree on its kind"),
-                    }
+                    let same = match (&r.data, data) {
+                        (PageData::Zero, None) => true,
+                        (PageData::Bytes(x), Some(y)) => x[..] == *y,
+                        _ => false,
+                    };
+                    assert!(same, "page {index}: the readers disagree on it");
                 }
             }
             (Ok(m), Ok(Incoming::Message(n))) => assert_eq!(m, n),
-            (s, f) => panic!("the readers disagree: {s:?} / {f:?}"),
+            (s, f) => {
+                let (s, f) = (s.is_ok(), f.is_ok());
+                assert!(!s && !f, "the readers disagree: the decoder {s}, the fast path {f}");
+                // Unreachable: both failed is handled above.
+                return;
+            }
         }
         assert_eq!(a.len(), b.len(), "both readers took the same bytes");
     }

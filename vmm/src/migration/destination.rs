@@ -201,8 +201,29 @@ fn receive(
             },
         };
         let _ = conn.send(&m);
+        linger_closed(conn.stream());
     }
     result
+}
+
+/// Ends the connection after a failure so that the source reads the reason: the write side
+/// closes (the reason is followed by an orderly end, not a reset that could discard it), and
+/// what the source still sends is read and dropped until it hangs up, for a second at most.
+fn linger_closed(stream: &TcpStream) {
+    use std::io::Read;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let until = Instant::now() + std::time::Duration::from_secs(1);
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut r = stream;
+    while Instant::now() < until {
+        match r.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn converse(

@@ -415,6 +415,9 @@ fn unexpected(m: Message, wanted: &str) -> migration::protocol::ProtocolError {
 fn engine_error(e: EngineError<super::dirty::DirtyError>, conn: &mut Conn<TcpStream>) -> SendError {
     match e {
         EngineError::Cancelled => SendError::Cancelled,
+        EngineError::Transport(engine::TransportError::Refused(reason)) => {
+            SendError::Aborted(reason)
+        }
         EngineError::Transport(t) => match why_closed(conn) {
             Some(reason) => SendError::Aborted(reason),
             None => SendError::Engine(t.to_string()),

@@ -4,6 +4,7 @@
 //! engine's `Transport` is implemented on top. Portable: tested over loopback sockets.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use migration::engine::{PageRecord, Transport, TransportError};
@@ -158,8 +159,35 @@ pub fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-impl<S: Read + Write> Transport for PageSender<'_, S> {
+/// Whether the peer has sent something that waits to be read (without reading it).
+fn peer_spoke(stream: &impl AsRawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) with MSG_PEEK into one valid byte; it neither blocks nor consumes.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+impl<S: Read + Write + AsRawFd> Transport for PageSender<'_, S> {
     fn send_pages(&mut self, batch: &[PageRecord<'_>]) -> Result<(), TransportError> {
+        // A destination that gave up says why before it closes: stop at once, with its
+        // reason, instead of writing on until the connection breaks.
+        if peer_spoke(&self.conn.stream) {
+            return Err(match self.conn.recv() {
+                Ok(Message::Abort { reason }) => TransportError::Refused(reason),
+                Ok(m) => TransportError::Protocol(format!(
+                    "unexpected {} from the destination",
+                    m.name()
+                )),
+                Err(e) => transport_error(e),
+            });
+        }
         self.conn.send_pages(batch).map_err(transport_error)
     }
 
@@ -218,11 +246,16 @@ mod tests {
             Incoming::Message(m) => panic!("{}", m.name()),
         }
         assert_eq!(dst.recv().unwrap(), Message::RoundEnd { round: 1 });
-        // A round out of order is refused by the receiver.
-        let mut t = PageSender { conn: &mut src };
-        let _ = t.end_round(3);
         assert_eq!(src.bytes_out, dst.bytes_in);
         assert!(src.bytes_out > 4096);
+        // A destination that aborts stops the sender at its next batch, with its reason.
+        dst.send(&Message::Abort {
+            reason: "disk full".into(),
+        })
+        .unwrap();
+        let mut t = PageSender { conn: &mut src };
+        let e = t.send_pages(&records).unwrap_err();
+        assert!(e.to_string().contains("refused: disk full"), "{e}");
     }
 
     #[test]
