@@ -46,7 +46,10 @@ fn check_fast_path(data: &[u8]) {
             (Ok(m), Ok(Incoming::Message(n))) => assert_eq!(m, n),
             (s, f) => {
                 let (s, f) = (s.is_ok(), f.is_ok());
-                assert!(!s && !f, "the readers disagree: the decoder {s}, the fast path {f}");
+                assert!(
+                    !s && !f,
+                    "the readers disagree: the decoder {s}, the fast path {f}"
+                );
                 // Unreachable: both failed is handled above.
                 return;
             }

@@ -41,6 +41,8 @@ pub struct GuestDirtySource<'a> {
     /// plus every page logged dirty since. The others are holes, zero without being read
     /// (reading a hole of shared memory would allocate it).
     maybe_data: Option<DirtyBitmap>,
+    /// Tracking has just started: the next read of the log also finds the data pages.
+    fresh: bool,
 }
 
 impl<'a> GuestDirtySource<'a> {
@@ -52,23 +54,18 @@ impl<'a> GuestDirtySource<'a> {
             ram,
             keep_logging,
             maybe_data: None,
+            fresh: false,
         }
     }
 
-    /// Notes the pages that may hold data, after logging is on (so a hole written later is
-    /// logged, and read then).
+    /// Notes the pages that may hold data. Called at the first read of the log, after logging
+    /// is on (so a hole written later is logged, and read then), and not when logging is
+    /// turned on, which must not cost time in proportion to the guest's size.
     fn find_data(&mut self) -> Result<(), DirtyError> {
-        let pages = self.page_count();
-        let mut map = DirtyBitmap::new(pages);
-        let maybe = self
+        let map = self
             .ram
-            .candidates()
+            .candidate_bitmap()
             .map_err(|e| DirtyError::Read(0, e.to_string()))?;
-        for (i, m) in maybe.iter().enumerate() {
-            if *m {
-                map.set(i as u64);
-            }
-        }
         self.maybe_data = Some(map);
         Ok(())
     }
@@ -104,17 +101,22 @@ impl DirtySource for GuestDirtySource<'_> {
             // Already on (manual protect, set up when the VM was built); the engine's
             // first read takes what is logged, and round 1 sends every page anyway.
             let _ = self.ram.take_device_dirty();
-            return self.find_data();
+            self.fresh = true;
+            return Ok(());
         }
         dirty_log::enable_manual_protect(self.vm, true)?;
         self.set_logging(true)?;
         // What the devices wrote before now travels in the first round anyway.
         let _ = self.ram.take_device_dirty();
-        self.find_data()
+        self.fresh = true;
+        Ok(())
     }
 
     fn take_dirty(&mut self) -> Result<DirtyBitmap, DirtyError> {
         let pages = self.page_count();
+        if std::mem::take(&mut self.fresh) {
+            self.find_data()?;
+        }
         let mut words = dirty_log::get_dirty_log(self.vm, 0, self.ram.size() as usize)?;
         words.truncate(pages.div_ceil(64) as usize);
         // Cleared (and write-protected again) before the pages are read, so a write that

@@ -224,9 +224,53 @@ impl Ram {
         unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 
+    /// `candidates` as a bitmap of one bit per page, built in bounded steps (the migration's
+    /// view of a large guest: one bit per page, not one byte).
+    pub(crate) fn candidate_bitmap(&self) -> Result<migration::engine::DirtyBitmap, MemoryError> {
+        let n = self.pages();
+        let mut map = migration::engine::DirtyBitmap::new(n);
+        for (start, end) in data_extents(&self.file, self.size)
+            .map_err(|e| MemoryError::Map(format!("finding the written pages: {e}")))?
+        {
+            for page in start / PAGE_SIZE..end.div_ceil(PAGE_SIZE).min(n) {
+                map.set(page);
+            }
+        }
+        if let Backing::Snapshot = self.backing {
+            const CHUNK: u64 = 1 << 16;
+            let mut resident = vec![0u8; CHUNK as usize];
+            let mut first = 0;
+            while first < n {
+                let count = CHUNK.min(n - first);
+                // SAFETY: the range lies inside the mapping, page aligned; `resident` has one
+                // byte for each of its `count` pages.
+                let r = unsafe {
+                    libc::mincore(
+                        (self.host_addr() + first * PAGE_SIZE) as *mut libc::c_void,
+                        (count * PAGE_SIZE).min(self.size - first * PAGE_SIZE) as usize,
+                        resident.as_mut_ptr(),
+                    )
+                };
+                if r != 0 {
+                    return Err(MemoryError::Map(format!(
+                        "mincore: {}",
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                for (i, r) in resident[..count as usize].iter().enumerate() {
+                    if r & 1 != 0 {
+                        map.set(first + i as u64);
+                    }
+                }
+                first += count;
+            }
+        }
+        Ok(map)
+    }
+
     /// Pages that may hold something other than zeros: the data of the backing file, and for
     /// a private mapping also every page resident in it (written since the restore).
-    pub(crate) fn candidates(&self) -> Result<Vec<bool>, MemoryError> {
+    fn candidates(&self) -> Result<Vec<bool>, MemoryError> {
         let n = self.pages() as usize;
         let mut maybe = vec![false; n];
         for (start, end) in data_extents(&self.file, self.size)
