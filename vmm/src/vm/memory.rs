@@ -226,6 +226,7 @@ impl Ram {
 
     /// `candidates` as a bitmap of one bit per page, built in bounded steps (the migration's
     /// view of a large guest: one bit per page, not one byte).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn candidate_bitmap(&self) -> Result<migration::engine::DirtyBitmap, MemoryError> {
         let n = self.pages();
         let mut map = migration::engine::DirtyBitmap::new(n);

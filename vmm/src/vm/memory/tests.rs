@@ -173,3 +173,26 @@ fn zero_pages_are_told_apart_from_pages_with_one_byte_set() {
     }
     assert!(is_zero(&[]));
 }
+
+#[test]
+fn the_candidate_bitmap_names_exactly_the_pages_that_may_hold_data() {
+    let dir = scratch("bitmap");
+    let ram = Ram::new(BASE, SIZE).unwrap();
+    fill(&ram, 2, 0x22);
+    fill(&ram, 33, 0x33);
+    let map = ram.candidate_bitmap().unwrap();
+    assert_eq!(map.len(), SIZE / PAGE_SIZE);
+    // The memfd's data extents cover at least the written pages (a file system may report
+    // more as data; those are read and found zero).
+    let got: Vec<u64> = map.iter().collect();
+    assert!(got.contains(&2) && got.contains(&33), "{got:?}");
+    // A private mapping of a memory file: the file's pages and the ones written since.
+    let path = dir.join("mem");
+    ram.write_full(&path).unwrap();
+    let restored = Ram::from_file(BASE, SIZE, &path).unwrap();
+    fill(&restored, 60, 0x60);
+    let got: Vec<u64> = restored.candidate_bitmap().unwrap().iter().collect();
+    for p in [2, 33, 60] {
+        assert!(got.contains(&p), "page {p} in {got:?}");
+    }
+}
