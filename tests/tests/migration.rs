@@ -205,6 +205,39 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
         grown,
     };
 
+    // 0. A destination without the disk refuses before any page moves, naming it; the
+    //    guest runs on here (checked with everything else after the next move).
+    {
+        let port = free_port();
+        let (d, _) = receive(
+            "mig-nodisk",
+            port,
+            &[
+                "--drive-override",
+                "data=/nonexistent/disk.ext4",
+                "--net-override",
+                "eth0=vmtapmb",
+            ],
+        );
+        let sent = send(&sock_a, port, &[]);
+        assert_eq!(sent.code, Some(1), "{}{}", sent.stdout, sent.stderr);
+        assert!(
+            sent.stderr.contains("refused the guest")
+                && sent
+                    .stderr
+                    .contains("drive data: cannot open /nonexistent/disk.ext4"),
+            "the source names the missing disk: {}",
+            sent.stderr
+        );
+        let (status, stderr) = d.wait_exit();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("/nonexistent/disk.ext4"),
+            "the destination names it too: {stderr}"
+        );
+        assert_eq!(report(&sock_a)["state"], "failed");
+    }
+
     // 1. Idle (but for the workloads above), A to B.
     let (mut h, sock_b, out) = migrate(g, &sock_a, "mig-b", "vmtapmb", &uds_b, &[]);
     assert!(out.contains("round"), "progress lines: {out}");
