@@ -194,7 +194,7 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     g.send("(while true; do echo line >> /mnt/grow; sync; sleep 0.5; done) &\n");
     g.send("vmm-guest-tool vsock-echo 5000 &\n");
     g.wait_for("VSOCK_ECHO_READY");
-    g.send("vmm-guest-tool hold 64 &\n");
+    g.send("vmm-guest-tool hold 16 &\n");
     g.wait_for("HOLD_READY");
     assert!(pings("172.30.0.2"), "the guest answers before the move");
     let hold = hold_status(&mut g);
@@ -243,8 +243,8 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     assert!(out.contains("round"), "progress lines: {out}");
     before = check_after(&mut h, &before, &uds_b, "the idle move");
 
-    // 2. With a dirtier that converges (32 MiB rewritten at 8 MiB/s), B to A.
-    start_dirtier(&mut h, 32, 8);
+    // 2. With a dirtier that converges (8 MiB rewritten at 4 MiB/s), B to A.
+    start_dirtier(&mut h, 8, 4);
     let (mut g, sock_a2, _) = migrate(h, &sock_b, "mig-a2", "vmtapma", &uds_a, &[]);
     let (pages, _, bad) = dirty_status(&mut g);
     assert_eq!(
@@ -261,14 +261,14 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
 
     // 3. A dirtier faster than a capped link: only auto-converge gets it across, A to B.
     g.sh("kill $(cat /tmp/dirty.pid)");
-    start_dirtier(&mut g, 32, 0);
+    start_dirtier(&mut g, 8, 0);
     let (mut h, sock_b2, out) = migrate(
         g,
         &sock_a2,
         "mig-b2",
         "vmtapmb",
         &uds_b,
-        &["--max-bandwidth", "16", "--downtime-ms", "100"],
+        &["--max-bandwidth", "4", "--downtime-ms", "100"],
     );
     let throttled = out.lines().any(|l| {
         l.split("throttle")
@@ -293,9 +293,9 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
 fn twenty_migrations_back_and_forth_each_verified() {
     let sock = vmm_tests::api::socket_path("mig-20-0");
     let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#, &[]);
-    g.send("vmm-guest-tool hold 8 &\n");
+    g.send("vmm-guest-tool hold 4 &\n");
     g.wait_for("HOLD_READY");
-    start_dirtier(&mut g, 8, 4);
+    start_dirtier(&mut g, 2, 1);
     let mut counters = hold_status(&mut g).counters;
     let mut from_sock = sock;
     for i in 1..=20 {

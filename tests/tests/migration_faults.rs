@@ -59,9 +59,9 @@ fn every_failure_before_the_commit_point_leaves_the_source_running() {
     let dir = scratch("mig-faults");
     let sock = vmm_tests::api::socket_path("mig-f-src");
     let mut g = boot(&sock, r#"{"vcpu_count": 2, "mem_size_mib": 256}"#, &[]);
-    g.send("vmm-guest-tool hold 16 &\n");
+    g.send("vmm-guest-tool hold 4 &\n");
     g.wait_for("HOLD_READY");
-    start_dirtier(&mut g, 16, 8);
+    start_dirtier(&mut g, 4, 2);
     let mut last = hold_status(&mut g).counters;
 
     // The connection cut, the stream corrupted or stalled, at each phase.
@@ -227,7 +227,7 @@ fn every_failure_before_the_commit_point_leaves_the_source_running() {
     {
         let what = "a timeout";
         g.sh("kill $(cat /tmp/dirty.pid)");
-        start_dirtier(&mut g, 16, 0);
+        start_dirtier(&mut g, 4, 0);
         let port = free_port();
         let (d, _) = receive(&format!("mig-f-t{port}"), port, &[]);
         let sent = send(
