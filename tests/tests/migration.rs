@@ -66,6 +66,64 @@ fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
     (n(0), n(1))
 }
 
+/// A packet socket on `ifname` that receives RARP frames (what a migrated guest's VMM
+/// broadcasts from the guest's MAC).
+fn rarp_listener(ifname: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let proto = 0x8035u16.to_be();
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname).expect("a name");
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index > 0, "no interface {ifname}");
+    // SAFETY: sockaddr_ll is plain data, filled in below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = index as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll of the length given.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+    owned
+}
+
+/// Whether a RARP frame from `mac` has arrived on the listener.
+fn rarp_seen(fd: &std::os::fd::OwnedFd, mac: [u8; 6]) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: receives at most `buf.len()` bytes into `buf`, without blocking.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 14 {
+            return false;
+        }
+        if buf[6..12] == mac && buf[12..14] == [0x80, 0x35] {
+            return true;
+        }
+    }
+}
+
 fn pings(addr: &str) -> bool {
     Command::new("ping")
         .args(["-c", "3", "-i", "0.3", "-W", "5", addr])
@@ -238,8 +296,14 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
         assert_eq!(report(&sock_a)["state"], "failed");
     }
 
-    // 1. Idle (but for the workloads above), A to B.
+    // 1. Idle (but for the workloads above), A to B. The destination announces the guest's
+    //    MAC on the network (a RARP broadcast through its tap, seen on the bridge).
+    let rarp = rarp_listener("brmig");
     let (mut h, sock_b, out) = migrate(g, &sock_a, "mig-b", "vmtapmb", &uds_b, &[]);
+    assert!(
+        rarp_seen(&rarp, [0x06, 0, 0xac, 0x1e, 0, 2]),
+        "no RARP announcement from the guest's MAC reached the bridge"
+    );
     assert!(out.contains("round"), "progress lines: {out}");
     before = check_after(&mut h, &before, &uds_b, "the idle move");
 
@@ -285,6 +349,10 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     h.send("poweroff -f\n");
     let (status, stderr) = h.wait_exit();
     assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("net_eth0: announced the guest's MAC with a RARP broadcast"),
+        "the destination announced the guest: {stderr}"
+    );
     let _ = std::fs::remove_file(&sock_b2);
     host("ip link del vmtapma; ip link del vmtapmb; ip link del brmig");
 }

@@ -90,6 +90,12 @@ pub trait VirtioDevice: Send + Stateful {
     fn swap_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err("this device has no backing file".into())
     }
+    /// Tells the network that the guest is now here (after a live migration): a network
+    /// device with a known MAC sends a RARP broadcast from it, so switches learn its new
+    /// port at once. Answers whether something was sent; other devices send nothing.
+    fn announce(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Which of a device's rate limiters.

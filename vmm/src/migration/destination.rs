@@ -333,6 +333,7 @@ fn converse(
     }
     vm.resume();
     let downtime = state_at.elapsed();
+    announce(&vm);
     control.update(|i| i.downtime_ms = Some(downtime.as_secs_f64() * 1e3));
     *arrived.lock().unwrap_or_else(PoisonError::into_inner) = Some((Arc::new(vm), cfg));
     events.send(VmEvent::MigrationIn);
@@ -341,6 +342,19 @@ fn converse(
         log::warn!("the guest runs here, but the source did not hear it: {e}");
     }
     Ok(())
+}
+
+/// Tells the network where the guest is now: each interface with a known MAC sends a RARP
+/// broadcast from it through its tap.
+fn announce(vm: &RunningVm) {
+    for (id, t) in &vm.built.virtio {
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        match t.device_mut().announce() {
+            Ok(true) => log::info!("{id}: announced the guest's MAC with a RARP broadcast"),
+            Ok(false) => {}
+            Err(e) => log::warn!("{id}: cannot announce the guest's MAC: {e}"),
+        }
+    }
 }
 
 /// Decodes and checks the pre-flight state, and creates the VM and its memory.

@@ -349,6 +349,19 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn announce(&mut self) -> std::io::Result<bool> {
+        if !self.mac {
+            // The driver chose its own address, which the VMM does not know.
+            return Ok(false);
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&rarp_announcement(mac));
+        self.tap.write_frame(&frame)?;
+        Ok(true)
+    }
+
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         let s = self.stats;
         vec![
@@ -361,5 +374,40 @@ impl VirtioDevice for Net {
             ("rx_rate_limiter_throttled", s[6]),
             ("tx_rate_limiter_throttled", s[7]),
         ]
+    }
+}
+
+/// A RARP "request reverse" broadcast from `mac`, padded to the Ethernet minimum: what a
+/// hypervisor sends for a guest that moved, so switches learn the guest's new port.
+pub fn rarp_announcement(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // request reverse
+    f[22..28].copy_from_slice(&mac); // sender hardware address
+    f[32..38].copy_from_slice(&mac); // target hardware address
+    f
+}
+
+#[cfg(test)]
+mod announce_tests {
+    use super::rarp_announcement;
+
+    #[test]
+    fn the_announcement_is_a_rarp_broadcast_from_the_guest() {
+        let mac = [6, 0, 0xac, 0x1e, 0, 2];
+        let f = rarp_announcement(mac);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3]);
+        assert_eq!((&f[22..28], &f[32..38]), (&mac[..], &mac[..]));
+        assert_eq!(&f[28..32], &[0; 4]);
+        assert_eq!(&f[38..], &[0u8; 22][..]);
     }
 }
