@@ -132,8 +132,7 @@ impl Parts {
         let Ok(v) = self.0.lock() else { return false };
         hosts.iter().all(|h| {
             v.iter().any(|(host, name, _)| host == h && name == part)
-                && v
-                    .iter()
+                && v.iter()
                     .filter(|(host, name, _)| host == h && name == part)
                     .all(|(_, _, rc)| *rc == 0)
         })
@@ -141,7 +140,7 @@ impl Parts {
 }
 
 /// A command that runs `script` with `vars` and reports its status as part `part`.
-fn part(vars: &str, script: &str, part: &str) -> String {
+fn as_part(vars: &str, script: &str, part: &str) -> String {
     format!("{vars} bash {script}\necho \"{PART_TAG}{part} $?\"\n")
 }
 
@@ -208,13 +207,13 @@ fn same_model(
     let scripts = [
         format!(
             "{}rm -rf /tmp/snap\n{}",
-            part("ROLE=source", SCRIPT, "snapshot"),
-            part("ROLE=trip-a", MIG_SCRIPT, "migration")
+            as_part("ROLE=source", SCRIPT, "snapshot"),
+            as_part("ROLE=trip-a", MIG_SCRIPT, "migration")
         ),
         format!(
             "{}rm -rf /tmp/snap\n{}",
-            part("ROLE=restore", SCRIPT, "snapshot"),
-            part("ROLE=trip-b", MIG_SCRIPT, "migration")
+            as_part("ROLE=restore", SCRIPT, "snapshot"),
+            as_part("ROLE=trip-b", MIG_SCRIPT, "migration")
         ),
     ];
     let [ra, rb] = qemu::run_pair_watched(
@@ -381,9 +380,7 @@ fn other_hosts(
             "1000.00",
             send,
         ),
-        format!(
-            "ROLE=refuse-source MODEL_ADDR={addr_a} FREQ_ADDR={addr_b} bash {MIG_SCRIPT}\n"
-        ),
+        format!("ROLE=refuse-source MODEL_ADDR={addr_a} FREQ_ADDR={addr_b} bash {MIG_SCRIPT}\n"),
     ];
     // Each check is done when every host it needs printed its `ok` line.
     const OK_LINES: [&str; 6] = [

@@ -363,10 +363,7 @@ pub fn free_udp_port_list(n: usize) -> Result<Vec<u16>> {
     let socks = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
-    socks
-        .iter()
-        .map(|s| Ok(s.local_addr()?.port()))
-        .collect()
+    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
 }
 
 /// An Ethernet hub for the links of several hosts: a UDP socket on loopback to which each
@@ -418,8 +415,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -505,9 +501,13 @@ mod tests {
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
         for s in &socks {
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
         }
-        let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
         let hub = Hub::start(ports).unwrap();
         let to_hub = ("127.0.0.1", hub.port());
         socks[0].send_to(b"frame from 0", to_hub).unwrap();
