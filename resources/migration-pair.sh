@@ -18,8 +18,10 @@
 #            runs `vmm receive` for that source ($PEER_ADDR), which must exit 1 without
 #            running anything, naming ID-register fields (MIG_EXPECT=model) or both counter
 #            frequencies ($MIG_FREQ_HERE, $MIG_FREQ_SAVED; MIG_EXPECT=frequency).
-# The two sides of a move agree over TCP on the link: a `vmm receive` announces that it
-# listens (its API answers) with "ready", a sender answers with "sent TICK" or "failed".
+# The hosts agree over TCP on the link, one message a connection, kept in an inbox: a host
+# whose `vmm receive` listens (its API answers) says "ready ADDR"; a sender then says
+# "sent TICK" (its last tick) or "refused WHAT"; a host that fails says "failed", which ends
+# its peer's waiting.
 # Its own lines start with `mig-ROLE:`; a failed check prints `FAILED:`, the tails of the vmm
 # consoles and logs, tells the peer, and exits 1.
 set -u

@@ -3,6 +3,8 @@
 //! - `cargo xtask test`: the one test command (unit, cross, emulated layers).
 //! - `cargo xtask host`: one emulated Arm64 KVM host running a command.
 //! - `cargo xtask pair`: two linked emulated hosts of different CPU generations.
+//!   With `--checks`, the emulated layer's checks with linked hosts (snapshot and live
+//!   migration between hosts, and their refusals).
 //! - `cargo xtask artifacts`: build (or verify) the cached test artifacts and print their paths.
 //! - `cargo xtask fuzz`: run the libFuzzer targets in fuzz/ on the host.
 
