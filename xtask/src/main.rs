@@ -3,6 +3,8 @@
 //! - `cargo xtask test`: the one test command (unit, cross, emulated layers).
 //! - `cargo xtask host`: one emulated Arm64 KVM host running a command.
 //! - `cargo xtask pair`: two linked emulated hosts of different CPU generations.
+//!   With `--checks`, the emulated layer's checks with linked hosts (snapshot and live
+//!   migration between hosts, and their refusals).
 //! - `cargo xtask artifacts`: build (or verify) the cached test artifacts and print their paths.
 //! - `cargo xtask fuzz`: run the libFuzzer targets in fuzz/ on the host.
 
@@ -98,11 +100,16 @@ enum Task {
         #[arg(long)]
         cntfrq_b: Option<u64>,
         /// Shell command for host a.
-        #[arg(long = "a", value_name = "COMMAND")]
-        cmd_a: String,
+        #[arg(long = "a", value_name = "COMMAND", required_unless_present = "checks")]
+        cmd_a: Option<String>,
         /// Shell command for host b.
-        #[arg(long = "b", value_name = "COMMAND")]
-        cmd_b: String,
+        #[arg(long = "b", value_name = "COMMAND", required_unless_present = "checks")]
+        cmd_b: Option<String>,
+        /// Instead of commands, run the emulated layer's checks with linked hosts (snapshot
+        /// and live migration between hosts, and their refusals); the CPU models, frequencies
+        /// and sizes are theirs, only --timeout applies.
+        #[arg(long, conflicts_with_all = ["cmd_a", "cmd_b"])]
+        checks: bool,
     },
     /// Build vmm, boot a guest in one host and live-migrate it to a second one with
     /// `vmm send` (progress shown), where it carries on (its uptime and a file it wrote).
@@ -299,9 +306,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cntfrq_b,
             cmd_a,
             cmd_b,
+            checks,
         } => {
             let cache = cache::Cache::open()?;
             let art = artifacts::ensure(&cache)?;
+            if checks {
+                setup::ensure_rust()?;
+                let vmm = cross::build_vmm()?;
+                let t = pair_checks::run(&art, &vmm, Duration::from_secs(machine.timeout));
+                println!("pair: {} passed, {} failed", t.passed, t.failed);
+                return Ok(exit_code(i32::from(t.failed > 0)));
+            }
+            let (Some(cmd_a), Some(cmd_b)) = (cmd_a, cmd_b) else {
+                anyhow::bail!("--a and --b give the two hosts' commands");
+            };
             let payload = host_payload(&art)?;
             let (pa, pb) = qemu::free_udp_ports()?;
             let (a, b) = layers::pair_specs(

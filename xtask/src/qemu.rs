@@ -357,6 +357,71 @@ pub fn free_udp_ports() -> Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
+/// `n` free UDP ports on loopback, for links or a hub.
+pub fn free_udp_port_list(n: usize) -> Result<Vec<u16>> {
+    // All bound at once, so that no two are the same.
+    let socks = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+/// An Ethernet hub for the links of several hosts: a UDP socket on loopback to which each
+/// host's link sends its frames (as its `remote_port`), and which passes every frame from one
+/// host's port on to every other host's port, so that the hosts share one segment. Frames
+/// from other ports are dropped. It stops when dropped.
+pub struct Hub {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Starts a hub for the hosts whose links send from `hosts` (their `local_port`s).
+    pub fn start(hosts: Vec<u16>) -> Result<Hub> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot bind the hub")?;
+        // Wakes up now and then to see whether it should stop.
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let port = sock.local_addr()?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if !from.ip().is_loopback() || !hosts.contains(&from.port()) {
+                    continue;
+                }
+                for p in hosts.iter().filter(|p| **p != from.port()) {
+                    // A host that is not up yet loses the frame, as on a real hub.
+                    let _ = sock.send_to(&buf[..n], (std::net::Ipv4Addr::LOCALHOST, *p));
+                }
+            }
+        });
+        Ok(Hub {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The port the hosts' links send to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs two linked hosts at once; each line is prefixed with its host's name.
 pub fn run_pair(
     specs: &[HostSpec; 2],
@@ -376,8 +441,27 @@ pub fn run_pair_watched(
     scripts: [&str; 2],
     watch: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<[Result<Outcome>; 2]> {
+    let mut it = run_hosts_watched(specs, art, payload, &scripts, watch)?.into_iter();
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => Ok([a, b]),
+        _ => bail!("two hosts were started but not two results returned"),
+    }
+}
+
+/// Runs hosts at once, `scripts[i]` in `specs[i]`, each line prefixed with its host's name and
+/// handed with that name to `watch` first, which returns whether to print it.
+pub fn run_hosts_watched(
+    specs: &[HostSpec],
+    art: &Artifacts,
+    payload: &Payload,
+    scripts: &[&str],
+    watch: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> Result<Vec<Result<Outcome>>> {
+    if specs.len() != scripts.len() {
+        bail!("{} hosts but {} scripts", specs.len(), scripts.len());
+    }
     let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
-    let results = std::thread::scope(|s| {
+    Ok(std::thread::scope(|s| {
         let handles: Vec<_> = specs
             .iter()
             .zip(scripts)
@@ -403,18 +487,48 @@ pub fn run_pair_watched(
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("host thread panicked")))
             })
-            .collect::<Vec<_>>()
-    });
-    let mut it = results.into_iter();
-    match (it.next(), it.next()) {
-        (Some(a), Some(b)) => Ok([a, b]),
-        _ => bail!("two hosts were started but not two results returned"),
-    }
+            .collect()
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hub_passes_each_frame_to_every_other_host() {
+        let socks: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for s in &socks {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+        }
+        let ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        let hub = Hub::start(ports).unwrap();
+        let to_hub = ("127.0.0.1", hub.port());
+        socks[0].send_to(b"frame from 0", to_hub).unwrap();
+        let mut buf = [0u8; 64];
+        for s in &socks[1..] {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"frame from 0");
+            assert_eq!(from.port(), hub.port());
+        }
+        // Not back to its sender.
+        assert!(socks[0].recv_from(&mut buf).is_err());
+        // A stranger's frame goes nowhere.
+        let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(b"stranger", to_hub).unwrap();
+        socks[2].send_to(b"frame from 2", to_hub).unwrap();
+        for s in &socks[..2] {
+            let (n, _) = s.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"frame from 2");
+        }
+        drop(hub);
+    }
 
     #[test]
     fn unknown_cpu_lists_the_valid_models() {
