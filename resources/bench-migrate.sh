@@ -27,6 +27,10 @@ cmdline="reboot=k panic=1 quiet"
 qemu=(qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu host -smp 1 -nodefaults
     -no-reboot -display none -serial stdio -global virtio-mmio.force-legacy=false)
 port=6100
+# A migration that has not converged by then (guest seconds) fails, for either VMM.
+mig_timeout_s=300
+# The workloads (the default is both).
+works=${BENCH_MIG_WORKS:-idle dirty}
 
 say() { echo "bench-migrate: $*"; }
 now_us() { echo "${EPOCHREALTIME/./}"; }
@@ -218,12 +222,16 @@ mig_vmm() {
             local o0
             o0=$(netstat_octets)
             t0=$(now_us)
-            vmm send --api-sock "$ss" --to "tcp:127.0.0.1:$port" --downtime-ms "$downtime_ms" --json > /tmp/send.json 2> /tmp/send.err
+            (while sleep 20; do say "vmm $work: $(tail -1 /tmp/send.json | cut -c1-400)"; done) &
+            local watch=$!
+            vmm send --api-sock "$ss" --to "tcp:127.0.0.1:$port" --downtime-ms "$downtime_ms" \
+                --timeout "$mig_timeout_s" --json > /tmp/send.json 2> /tmp/send.err
             rc=$?
+            kill "$watch" 2>/dev/null
             t1=$(now_us)
             kill "$smp" 2>/dev/null
             wait "$smp" 2>/dev/null
-            [ "$rc" = 0 ] || { say "vmm send ($work) exited $rc: $(tail -3 /tmp/send.err)"; tail -3 /tmp/vd.err; }
+            [ "$rc" = 0 ] || { say "vmm send ($work) exited $rc: $(tail -3 /tmp/send.err) $(tail -1 /tmp/send.json)"; tail -3 /tmp/vd.err; }
             if [ "$rc" = 0 ]; then
                 wire=$(($(netstat_octets) - o0))
                 total_ms=$(json_last /tmp/send.json total_time_ms)
@@ -353,7 +361,7 @@ mig_qemu() {
             t0=$(now_us)
             mon "migrate -d tcp:127.0.0.1:$port"
             # Polled as often as `vmm send` polls vmm (every 200 ms).
-            for i in $(seq 3000); do
+            for i in $(seq $((mig_timeout_s * 5))); do
                 sleep 0.2
                 mon 'info migrate'
                 grep -aqE 'Migration status: (completed|failed|cancelled)' /tmp/mon.out && break
@@ -430,7 +438,8 @@ have_qemu=""
 command -v qemu-system-aarch64 >/dev/null && have_qemu=1
 for run in $(seq "$runs"); do
     tcp_stream "$run"
-    for work in idle dirty; do
+    for work in $works; do
+        say "run $run: $work"
         mig_vmm "$work" "$run"
         # No QEMU in the host: no QEMU line, and xtask reports its figures missing.
         [ -n "$have_qemu" ] && mig_qemu "$work" "$run"

@@ -109,10 +109,15 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
     if phase("migrate") {
         // The CPU model QEMU and Cloud Hypervisor were measured migrating on in this setup.
         let spec = host_spec("bench-migrate", "neoverse-n1", timeout);
+        let mut p = payload.clone();
+        // BENCH_MIG_WORKS=dirty (or idle) runs one workload only, when chasing a problem.
+        if let Ok(works) = std::env::var("BENCH_MIG_WORKS") {
+            p.env.push(("BENCH_MIG_WORKS".into(), works));
+        }
         run_host(
             &spec,
             &art,
-            &payload,
+            &p,
             include_str!("../../resources/bench-migrate.sh"),
             &mut lines,
         )?;
@@ -254,7 +259,7 @@ fn host_spec(name: &str, cpu: &str, timeout: Duration) -> HostSpec {
 }
 
 /// Runs a benchmark script in a host; appends its console lines to `lines`, printing the
-/// `BENCH` ones.
+/// `BENCH` ones and the scripts' own messages (`bench-...: `).
 fn run_host(
     spec: &HostSpec,
     art: &artifacts::Artifacts,
@@ -264,7 +269,8 @@ fn run_host(
 ) -> Result<()> {
     let start = lines.len();
     let mut sink = |l: &str| {
-        if l.starts_with("BENCH ") {
+        // The figures, and what a benchmark script says went wrong.
+        if l.starts_with("BENCH ") || l.starts_with("bench-") {
             println!("{l}");
         }
         lines.push(l.to_string());
@@ -579,6 +585,9 @@ mod tests {
         let snap = include_str!("../../resources/bench-snapshot.sh");
         assert_eq!(def(snap), def(include_str!("../../resources/bench.sh")));
         assert!(!snap.contains(":-0}"), "a missing figure defaults to 0");
+        let mig = include_str!("../../resources/bench-migrate.sh");
+        assert_eq!(def(mig), def(include_str!("../../resources/bench.sh")));
+        assert!(!mig.contains(":-0}"), "a missing figure defaults to 0");
         // Every figure of each BENCH line is printed from a variable that starts empty.
         for who in ["snap-vmm-", "snap-qemu-"] {
             assert!(
