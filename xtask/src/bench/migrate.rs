@@ -186,11 +186,14 @@ pub fn table(s: &Samples) -> serde_json::Value {
         "\nmigrate: 1 vCPU, 1 GiB guest, two processes in one emulated host over loopback TCP, downtime limit 300 ms, no bandwidth cap (QEMU: max-bandwidth 100G, no capability changed); heartbeat 50 Hz on the console, stamped by the host; plain TCP stream (1 MiB writes and reads, two processes of ours): {} MiB/s",
         fmt(tcp, 1.0, "")
     );
-    println!(
-        "| metric | vmm idle | QEMU idle | vmm dirtier | QEMU dirtier | target (vmm) |"
-    );
+    println!("| metric | vmm idle | QEMU idle | vmm dirtier | QEMU dirtier | target (vmm) |");
     println!("|---|---|---|---|---|---|");
-    let cols = [("vmm", "idle"), ("qemu", "idle"), ("vmm", "dirty"), ("qemu", "dirty")];
+    let cols = [
+        ("vmm", "idle"),
+        ("qemu", "idle"),
+        ("vmm", "dirty"),
+        ("qemu", "dirty"),
+    ];
     let row = |name: &str, f: &dyn Fn(&str) -> String, target: &str| {
         let v: Vec<String> = cols.iter().map(|(v, w)| f(&who(v, w))).collect();
         println!("| {name} | {} | {target} |", v.join(" | "));
@@ -199,7 +202,11 @@ pub fn table(s: &Samples) -> serde_json::Value {
         move |w: &str| fmt(get(s, w, key), scale, unit)
     };
     let mib = 1024.0 * 1024.0;
-    row("total time (the VMM's own)", &fig("total_ms", 1.0, "ms"), "");
+    row(
+        "total time (the VMM's own)",
+        &fig("total_ms", 1.0, "ms"),
+        "",
+    );
     row(
         "wire bytes / total time, MiB/s",
         &fig("rate_mib_s", 1.0, ""),
@@ -241,9 +248,17 @@ pub fn table(s: &Samples) -> serde_json::Value {
         "",
     );
     row("pages sent (QEMU: normal)", &fig("pages", 1.0, ""), "");
-    row("zero pages (QEMU: duplicate)", &fig("zero_pages", 1.0, ""), "");
+    row(
+        "zero pages (QEMU: duplicate)",
+        &fig("zero_pages", 1.0, ""),
+        "",
+    );
     row("rounds (vmm)", &fig("rounds", 1.0, ""), "");
-    row("largest throttle (vmm), %", &fig("throttle_pct", 1.0, ""), "");
+    row(
+        "largest throttle (vmm), %",
+        &fig("throttle_pct", 1.0, ""),
+        "",
+    );
     row(
         "downtime seen from outside: last source beat to first destination beat",
         &fig("switch_gap_us", 1000.0, "ms"),
@@ -274,7 +289,11 @@ pub fn table(s: &Samples) -> serde_json::Value {
         },
         "",
     );
-    row("heartbeats lost at the switchover", &fig("lost_beats", 1.0, ""), "");
+    row(
+        "heartbeats lost at the switchover",
+        &fig("lost_beats", 1.0, ""),
+        "",
+    );
     row(
         "largest heartbeat gap outside the switchover, host clock",
         &fig("gap_us", 1000.0, "ms"),
@@ -381,7 +400,11 @@ mod tests {
             .replace("switch_gap_us=40000", "switch_gap_us=50000")
             .replace("stall_us=5000", "stall_us=21000");
         ls[2] = ls[2].replace("wire_bytes=1010", "wire_bytes=1030");
-        ls.push(ls[2].replace(" 1 total_ms", " 2 total_ms").replace("verified=1", "verified=0"));
+        ls.push(
+            ls[2]
+                .replace(" 1 total_ms", " 2 total_ms")
+                .replace("verified=1", "verified=0"),
+        );
         let missed: Vec<&str> = not_met(&ls)
             .into_iter()
             .map(|(t, v)| {
