@@ -5,7 +5,9 @@
 //! devices no worse than QEMU's, which must be virtio 1.x like vmm's. The snapshot phase
 //! (`bench/snapshot.rs`, `resources/bench-snapshot.sh`) runs in a host of its own, a
 //! neoverse-n1 like the one Firecracker's snapshot figures were measured in, and is judged
-//! against those figures and QEMU's in the same run.
+//! against those figures and QEMU's in the same run. The migrate phase (`bench/migrate.rs`,
+//! `resources/bench-migrate.sh`) moves a running guest between two processes of one host of
+//! its own, vmm's and QEMU's, over loopback TCP.
 //!
 //! A figure a target needs that was not measured in every run (a VMM that did not boot, a
 //! guest command that printed nothing, a value that is not a number) is printed as missing,
@@ -22,6 +24,7 @@ use crate::cache::Cache;
 use crate::qemu::{self, HostSpec};
 
 mod judge;
+mod migrate;
 mod snapshot;
 
 use judge::{
@@ -74,7 +77,12 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
     payload.env.push(("BENCH_RUNS".into(), runs.to_string()));
     // The snapshot phase runs in a host of its own, of the CPU model Firecracker's snapshot
     // figures were measured on, so that the constants it is judged against compare.
-    let base: Vec<String> = only.iter().filter(|p| *p != "snapshot").cloned().collect();
+    let own_host = ["snapshot", "migrate"];
+    let base: Vec<String> = only
+        .iter()
+        .filter(|p| !own_host.contains(&p.as_str()))
+        .cloned()
+        .collect();
     let mut lines = Vec::new();
     if only.is_empty() || !base.is_empty() {
         let spec = host_spec("bench", "max", timeout);
@@ -98,12 +106,31 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
             &mut lines,
         )?;
     }
+    if phase("migrate") {
+        // The CPU model QEMU and Cloud Hypervisor were measured migrating on in this setup.
+        let spec = host_spec("bench-migrate", "neoverse-n1", timeout);
+        let mut p = payload.clone();
+        // BENCH_MIG_WORKS=dirty (or idle) runs one workload only, when chasing a problem.
+        if let Ok(works) = std::env::var("BENCH_MIG_WORKS") {
+            p.env.push(("BENCH_MIG_WORKS".into(), works));
+        }
+        run_host(
+            &spec,
+            &art,
+            &p,
+            include_str!("../../resources/bench-migrate.sh"),
+            &mut lines,
+        )?;
+    }
     let s = parse(&lines);
     if phase("boot") && !s.contains_key("vmm") {
         bail!("the benchmark produced no vmm figures");
     }
     if phase("snapshot") && !s.contains_key("snap-vmm-512") {
         bail!("the snapshot benchmark produced no vmm figures");
+    }
+    if phase("migrate") && !s.contains_key("mig-vmm-idle") {
+        bail!("the migration benchmark produced no vmm figures");
     }
     let failed_runs: Vec<&String> = lines
         .iter()
@@ -133,6 +160,12 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
         serde_json::Value::Null
     };
 
+    let migration = if phase("migrate") {
+        migrate::table(&s)
+    } else {
+        serde_json::Value::Null
+    };
+
     let judged = judge(&s, phase);
     let dir = crate::workspace_root().join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -157,12 +190,16 @@ pub fn run(runs: u32, timeout: Duration, only: &[String]) -> Result<ExitCode> {
             "streams": streams,
             "vmm-api": api_median,
             "snapshot": snapshot,
+            "migrate": migration,
         },
         "targets": {"overhead_kib_max": OVERHEAD_TARGET_KIB, "peak_excess_kib_max": PEAK_EXCESS_TARGET_KIB,
                     "setup_share_max": SETUP_SHARE_TARGET,
                     "snapshot": {"create_us_max": SNAP_CREATE_TARGET_US, "overhead_kib_max": SNAP_OVERHEAD_TARGET_KIB,
                                  "load_us_max": judge::firecracker::LOAD_US_512, "load_qemu_share_max": SNAP_LOAD_QEMU_SHARE,
-                                 "load_growth_max": SNAP_LOAD_GROWTH, "alloc_over_nonzero_max": SNAP_ALLOC_OVER_NONZERO}},
+                                 "load_growth_max": SNAP_LOAD_GROWTH, "alloc_over_nonzero_max": SNAP_ALLOC_OVER_NONZERO},
+                    "migrate": {"throughput_over_tcp_min": migrate::THROUGHPUT_OVER_TCP, "downtime_ms_max": migrate::DOWNTIME_LIMIT_MS,
+                                "downtime_qemu_share_max": migrate::DOWNTIME_QEMU_SHARE, "stall_us_max": migrate::STALL_LIMIT_US,
+                                "bytes_over_needed_max": migrate::BYTES_OVER_NEEDED, "overhead_kib_max": migrate::OVERHEAD_LIMIT_KIB}},
         "verdicts": verdicts,
     });
     let path = dir.join("boot.json");
@@ -222,7 +259,7 @@ fn host_spec(name: &str, cpu: &str, timeout: Duration) -> HostSpec {
 }
 
 /// Runs a benchmark script in a host; appends its console lines to `lines`, printing the
-/// `BENCH` ones.
+/// `BENCH` ones and the scripts' own messages (`bench-...: `).
 fn run_host(
     spec: &HostSpec,
     art: &artifacts::Artifacts,
@@ -232,7 +269,8 @@ fn run_host(
 ) -> Result<()> {
     let start = lines.len();
     let mut sink = |l: &str| {
-        if l.starts_with("BENCH ") {
+        // The figures, and what a benchmark script says went wrong.
+        if l.starts_with("BENCH ") || l.starts_with("bench-") {
             println!("{l}");
         }
         lines.push(l.to_string());
@@ -547,6 +585,9 @@ mod tests {
         let snap = include_str!("../../resources/bench-snapshot.sh");
         assert_eq!(def(snap), def(include_str!("../../resources/bench.sh")));
         assert!(!snap.contains(":-0}"), "a missing figure defaults to 0");
+        let mig = include_str!("../../resources/bench-migrate.sh");
+        assert_eq!(def(mig), def(include_str!("../../resources/bench.sh")));
+        assert!(!mig.contains(":-0}"), "a missing figure defaults to 0");
         // Every figure of each BENCH line is printed from a variable that starts empty.
         for who in ["snap-vmm-", "snap-qemu-"] {
             assert!(

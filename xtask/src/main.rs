@@ -131,9 +131,9 @@ enum Task {
         /// Time limit in seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
-        /// Run only these phases (comma-separated: boot, blk, net, vsock, snapshot); only their targets
-        /// are judged.
-        #[arg(long, value_delimiter = ',', value_parser = ["boot", "blk", "net", "vsock", "snapshot"])]
+        /// Run only these phases (comma-separated: boot, blk, net, vsock, snapshot, migrate); only
+        /// their targets are judged.
+        #[arg(long, value_delimiter = ',', value_parser = ["boot", "blk", "net", "vsock", "snapshot", "migrate"])]
         only: Vec<String>,
     },
     /// Fuzz the API with schemathesis from docs/api/openapi.json against the real server in

@@ -15,6 +15,9 @@
 //! - `nonzero FILE`: counts the 4 KiB pages of FILE that hold a byte other than zero (holes,
 //!   found with SEEK_DATA/SEEK_HOLE, are zero by definition and are not read) and prints
 //!   `NONZERO_PAGES <n>`. The benchmark runs it in the host on a snapshot's memory file.
+//! - `heartbeat HZ`: prints `HB <seq> <monotonic µs>` HZ times a second (see `beat.rs`).
+//! - `sink PORT`: reads one TCP connection on 127.0.0.1:PORT to its end; prints `SINK_BYTES`.
+//!   The migration benchmark's plain TCP stream, run in the host against `send tcp:...`.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,6 +25,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
+#[path = "guest_tool/beat.rs"]
+mod beat;
 #[path = "guest_tool/dirty.rs"]
 mod dirty;
 #[path = "guest_tool/hold.rs"]
@@ -356,7 +361,11 @@ fn run(args: &[String]) -> Result<()> {
         [c, mib, rate] if c == "dirty" => dirty::dirty(num(mib)?, num(rate)?),
         [c, mib] if c == "touch" => touch(num(mib)?),
         [c, path] if c == "nonzero" => nonzero(path),
-        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB | dirty MIB MIB_PER_S | touch MIB | nonzero FILE".into()),
+        [c, hz] if c == "heartbeat" => beat::heartbeat(num(hz)?),
+        [c, port] if c == "sink" => beat::sink(
+            u16::try_from(num(port)?).map_err(|_| format!("bad port {port}"))?,
+        ),
+        _ => Err("usage: vmm-guest-tool vsock-echo PORT | vsock-cat CID PORT | send TARGET MIB | randread DEV SECS | seqread DEV MIB | seqwrite DEV MIB | hold MIB | dirty MIB MIB_PER_S | touch MIB | nonzero FILE | heartbeat HZ | sink PORT".into()),
     }
 }
 

@@ -114,7 +114,7 @@ pub fn get(s: &Samples, who: &str, key: &str) -> Option<f64> {
 
 /// How a target compares figures.
 #[derive(Debug, Clone, Copy)]
-enum Rule {
+pub enum Rule {
     /// (who, key) at most the limit.
     AtMost((&'static str, &'static str), f64),
     /// The first figure over the second at most the limit.
@@ -123,6 +123,15 @@ enum Rule {
         (&'static str, &'static str),
         f64,
     ),
+    /// The first figure over the second at least the limit; a second figure of 0 or less is
+    /// no measurement.
+    ShareAtLeast(
+        (&'static str, &'static str),
+        (&'static str, &'static str),
+        f64,
+    ),
+    /// The figure equals the value in every run, not only in the median.
+    EveryRun((&'static str, &'static str), f64),
     /// A rate of vmm's at least QEMU's; a rate of 0 or less is no measurement.
     NoLess(&'static str, &'static str, &'static str),
     /// A cost of vmm's at most QEMU's.
@@ -382,6 +391,15 @@ fn judge_rule(s: &Samples, rule: Rule) -> Verdict {
     let r = match rule {
         Rule::AtMost(f, limit) => need(s, [f], false).map(|[v]| met(v <= limit)),
         Rule::ShareAtMost(a, b, limit) => need(s, [a, b], false).map(|[a, b]| met(a / b <= limit)),
+        Rule::ShareAtLeast(a, b, limit) => {
+            need(s, [a], false).and_then(|[a]| need(s, [b], true).map(|[b]| met(a / b >= limit)))
+        }
+        Rule::EveryRun((who, key), want) => need(s, [(who, key)], false).map(|_| {
+            met(s
+                .get(who)
+                .and_then(|m| m.get(key))
+                .is_some_and(|runs| runs.iter().all(|&v| v == Some(want))))
+        }),
         Rule::NoLess(v, q, key) => need(s, [(v, key), (q, key)], true).map(|[v, q]| met(v >= q)),
         Rule::NoMore(v, q, key) => need(s, [(v, key), (q, key)], false).map(|[v, q]| met(v <= q)),
         Rule::Virtio1(who) => {
@@ -414,6 +432,7 @@ fn judge_rule(s: &Samples, rule: Rule) -> Verdict {
 pub fn judge(s: &Samples, phase: impl Fn(&str) -> bool) -> Vec<Judged> {
     TARGETS
         .iter()
+        .chain(super::migrate::TARGETS)
         .filter(|(p, _, _)| phase(p))
         .map(|&(phase, target, rule)| Judged {
             phase,
