@@ -372,14 +372,16 @@ fn preflight(
         track_dirty_pages: false,
     };
     let mut cfg = guest.vm.config.to_config(base, false);
-    crate::persist::apply_overrides(
+    crate::persist::replace_devices(
         &mut cfg,
         &overrides.net,
         overrides.vsock_uds_path.as_deref(),
         &overrides.drives,
     )
     .map_err(refuse)?;
+    // Every device problem at once; then the configuration's own rules.
     check_devices(&cfg, &guest).map_err(refuse)?;
+    crate::config::validate_devices(&cfg).map_err(refuse)?;
     prepare(
         base,
         &guest.vm,

@@ -299,6 +299,18 @@ pub fn apply_overrides(
     vsock_uds_path: Option<&str>,
     drives: &[(String, String)],
 ) -> Result<(), String> {
+    replace_devices(cfg, net, vsock_uds_path, drives)?;
+    crate::config::validate_devices(cfg)
+}
+
+/// `apply_overrides` without the final check of the devices, for a caller that checks them
+/// itself (an incoming migration's pre-flight, which names every problem at once).
+pub fn replace_devices(
+    cfg: &mut VmConfig,
+    net: &[crate::api::snapshot::NetworkOverride],
+    vsock_uds_path: Option<&str>,
+    drives: &[(String, String)],
+) -> Result<(), String> {
     for (id, path) in drives {
         let d = cfg
             .drives
@@ -329,7 +341,7 @@ pub fn apply_overrides(
             .ok_or("vsock_override is given but the snapshot has no vsock device")?;
         v.uds_path = path.to_string();
     }
-    crate::config::validate_devices(cfg)
+    Ok(())
 }
 
 /// Nanoseconds since the Unix epoch, now.

@@ -47,7 +47,7 @@ pub enum RestoreError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The snapshot needs what this host does not have.
-    #[error("this host cannot run the snapshot: {0}")]
+    #[error("this host cannot run the guest: {0}")]
     Host(String),
     /// The configuration saved in the snapshot cannot be rebuilt (a device's file or tap).
     #[error("{0}")]
@@ -98,7 +98,7 @@ fn check_cpu_model(
     let differences = id_register_differences(saved, &host);
     if !differences.is_empty() {
         return Err(RestoreError::Host(format!(
-            "its CPU model differs from the snapshot's in {}",
+            "its CPU model differs from the guest's in {}",
             differences.join("; ")
         )));
     }
