@@ -60,8 +60,9 @@ pub trait DirtySource {
     /// bit per page, `page_count` bits.
     fn take_dirty(&mut self) -> Result<DirtyBitmap, Self::Error>;
 
-    /// Whether page `index` holds only zero bytes. Should be fast (no copy); zero pages travel
-    /// as a marker.
+    /// Whether page `index` is known to hold only zero bytes without reading it (a hole of
+    /// the backing). `false` when unsure: the engine reads the page and checks its bytes
+    /// itself, so a page is read once. Zero pages travel as a marker.
     fn is_zero(&self, index: u64) -> Result<bool, Self::Error>;
 
     /// Copies page `index` into `buf` (`page_size` bytes).

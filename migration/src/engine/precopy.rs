@@ -454,6 +454,8 @@ where
                 self.source
                     .read_page(index, chunk)
                     .map_err(EngineError::Source)?;
+                // A page the source could not vouch for may still be all zeros.
+                zero[slot] = all_zero(chunk);
             }
         }
         let records: Vec<PageRecord<'_>> = batch
@@ -482,5 +484,33 @@ where
             .saturating_sub(pages * page_size as u64);
         self.tell();
         Ok(bytes)
+    }
+}
+
+/// Whether `bytes` are all zero, eight bytes at a time.
+pub(crate) fn all_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut or = 0u64;
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        or |= u64::from_ne_bytes(a);
+    }
+    or == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::all_zero;
+
+    #[test]
+    fn a_single_set_bit_anywhere_is_not_zero() {
+        let mut page = vec![0u8; 4099];
+        assert!(all_zero(&page));
+        for i in [0, 7, 8, 4095, 4098] {
+            page[i] = 0x80;
+            assert!(!all_zero(&page), "byte {i}");
+            page[i] = 0;
+        }
     }
 }
