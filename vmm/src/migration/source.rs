@@ -198,14 +198,6 @@ fn connect(address: &str) -> Result<TcpStream, SendError> {
     Err(fail(last))
 }
 
-/// Pauses the guest for the length of `f`.
-fn paused<T>(vm: &RunningVm, f: impl FnOnce() -> T) -> T {
-    vm.pause();
-    let r = f();
-    vm.resume();
-    r
-}
-
 /// What a protocol error means, with the destination's reason when it sent one.
 fn read_error(e: migration::protocol::ProtocolError, waiting_for: &'static str) -> SendError {
     use migration::protocol::ProtocolError as P;
@@ -284,9 +276,10 @@ fn converse(
         }
         m => return Err(SendError::Protocol(unexpected(m, "Welcome"))),
     }
-    // The pre-flight: the guest's whole state, which the destination decodes and checks
-    // before any page moves. Collecting it needs the vCPUs out of KVM_RUN for a moment.
-    let sections = paused(vm, || crate::persist::create::collect(vm, cfg))
+    // The pre-flight: every section, which the destination decodes and checks before any
+    // page moves, collected while the guest runs (each vCPU is held only to read its ID
+    // registers).
+    let sections = crate::persist::create::collect_preflight(vm, cfg)
         .map_err(|e| SendError::State(e.to_string()))?;
     conn.send(&Message::Preflight { sections })?;
     match answer(conn, "Ready")? {

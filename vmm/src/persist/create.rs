@@ -100,6 +100,13 @@ pub fn collect(vm: &RunningVm, cfg: &VmConfig) -> Result<SectionSet, CreateError
     }
     let gic = gic_state::save_gic(&built.gic, &built.mpidrs)?;
     sections.push(encode(GIC_SECTION, &gic)?)?;
+    device_sections(vm, &mut sections)?;
+    Ok(sections)
+}
+
+/// Every device's sections: those on the bus by their address, then each virtio device's own.
+fn device_sections(vm: &RunningVm, sections: &mut SectionSet) -> Result<(), CreateError> {
+    let built = &vm.built;
     // Every device on the bus, by its address: one the VMM has no name for fails the
     // snapshot, naming its address.
     let name_of = |base: u64| -> Option<String> {
@@ -121,6 +128,49 @@ pub fn collect(vm: &RunningVm, cfg: &VmConfig) -> Result<SectionSet, CreateError
     for (id, t) in &built.virtio {
         sections.push(named(lock(t).device().save()?, device_section(id)))?;
     }
+    Ok(())
+}
+
+/// The sections a migration's pre-flight sends, collected while the guest runs: the `vm`
+/// section, each vCPU's CPU model (its ID registers and MPIDR, read while that vCPU alone is
+/// held out of KVM_RUN for a moment), an empty vGIC section (its registers can only be read
+/// with every vCPU stopped, and the pre-flight needs only its layout and version), and every
+/// device's section. The destination decodes them all, checking every section and its
+/// version, and the CPU model against its host's.
+pub fn collect_preflight(vm: &RunningVm, cfg: &VmConfig) -> Result<SectionSet, CreateError> {
+    let built = &vm.built;
+    let mut sections = SectionSet::new();
+    let mut vcpus = Vec::new();
+    for (i, h) in vm.vcpus.iter().enumerate() {
+        let hold = h.hold_handle().ok_or(CreateError::NotPaused(i))?;
+        hold.hold();
+        let state = match h.fd_if_paused() {
+            Some(fd) => {
+                let features = built.features.get(i).copied().unwrap_or_default();
+                vcpu_state::save_cpu_model(&fd, features)
+                    .map_err(|source| CreateError::Vcpu { index: i, source })
+            }
+            None => Err(CreateError::NotPaused(i)),
+        };
+        hold.release();
+        vcpus.push(encode(&vcpu_section(i), &state?)?);
+    }
+    let vm_state = VmState {
+        vmm_version: crate::VERSION.to_string(),
+        saved_at_unix_ns: unix_now_ns(),
+        mem_base: built.ram.base(),
+        mem_size: built.ram.size(),
+        counter_frequency: counter::counter_frequency(),
+        guest_counter: 0,
+        gic_version: 3,
+        config: SavedConfig::from_config(cfg),
+    };
+    sections.push(encode(VM_SECTION, &vm_state)?)?;
+    for s in vcpus {
+        sections.push(s)?;
+    }
+    sections.push(encode(GIC_SECTION, &arch::state::GicState::default())?)?;
+    device_sections(vm, &mut sections)?;
     Ok(sections)
 }
 
