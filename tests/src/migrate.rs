@@ -95,3 +95,43 @@ pub fn dirty_status(g: &mut Guest) -> (u64, u64, u64) {
     };
     (field("pages"), field("rewrites"), field("bad"))
 }
+
+/// The source guest runs on as before: its pattern and clock hold, its counters move, and
+/// its VMM reports the attempt ended with `state`. (The dirtier's pages are checked once,
+/// at the end: each check reads them all, which is slow under nested emulation.)
+pub fn source_runs_on(g: &mut Guest, sock: &Path, last: &mut Vec<u64>, state: &str, what: &str) {
+    let r = report(sock);
+    assert_eq!(r["state"], state, "{what}: {r}");
+    assert!(r["error"].is_string(), "{what}: a reason: {r}");
+    assert_eq!(
+        r["throttle_percent"], 0,
+        "{what}: the throttle is lifted: {r}"
+    );
+    assert_eq!(
+        crate::api::get_json(sock, "/")["state"],
+        "Running",
+        "{what}"
+    );
+    let hold = crate::snap::hold_status(g);
+    assert!(hold.ok(), "{what}: {hold:?}");
+    for (b, a) in last.iter().zip(&hold.counters) {
+        assert!(
+            a > b,
+            "{what}: the counters stopped: {last:?} -> {:?}",
+            hold.counters
+        );
+    }
+    *last = hold.counters;
+}
+
+/// The destination ended non-zero without running the guest.
+pub fn destination_failed(d: Guest, what: &str) -> String {
+    let (status, stderr) = d.wait_exit();
+    assert_eq!(status.code(), Some(1), "{what}: the destination: {stderr}");
+    assert!(stderr.contains("nothing runs here"), "{what}: {stderr}");
+    stderr
+}
+
+pub fn dest_addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}

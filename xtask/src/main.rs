@@ -54,7 +54,7 @@ enum Task {
         #[arg(long, value_parser = ["unit", "cross", "emulated"])]
         layer: Vec<String>,
         /// Time limit of each emulated host, and of the unit layer's test run, in seconds.
-        #[arg(long, default_value_t = 1800)]
+        #[arg(long, default_value_t = 2400)]
         timeout: u64,
         /// Time limit of each test binary (unit and emulated), in seconds; one past it is
         /// killed and counted as a failure, and the other binaries still run.
