@@ -19,18 +19,21 @@ if [ "$ready" != 1 ]; then
     exit 1
 fi
 printf 'echo "written on host a at uptime $(cut -d" " -f1 /proc/uptime)" > /root/note; cat /root/note\n' >&"${VM[1]}"
-# Show the console for a moment, then keep draining it in the background.
-while IFS= read -r -t 5 line <&"${VM[0]}"; do
+# Show the console until the guest has written its note, then keep draining it in the
+# background (through a copy of the descriptor: a subshell does not get the coproc's own).
+while IFS= read -r -t 60 line <&"${VM[0]}"; do
     printf '%s\n' "${line%$'\r'}"
-    case "$line" in *"written on host a"*) break ;; esac
+    case "$line" in "written on host a at uptime "[0-9]*) break ;; esac
 done
-(while IFS= read -r line; do printf '%s\n' "${line%$'\r'}"; done) <&"${VM[0]}" &
+exec {console}<&"${VM[0]}"
+(while IFS= read -r line; do printf '%s\n' "${line%$'\r'}"; done) <&"$console" &
 # The second host may still be starting its vmm receive: try until it listens.
 echo "== host a: vmm send --to tcp:$PEER_ADDR:7000"
 rc=1
 for _ in $(seq 1 60); do
-    vmm send --api-sock "$sock" --to "tcp:$PEER_ADDR:7000"
-    rc=$?
+    # Through a pipe, the progress comes as one line (with its bar) each second.
+    vmm send --api-sock "$sock" --to "tcp:$PEER_ADDR:7000" | cat
+    rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] && break
     # A refused connection leaves the guest running here; anything else is the answer.
     vmm migration status --api-sock "$sock" 2>/dev/null | grep -q "cannot connect" || break
