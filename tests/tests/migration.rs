@@ -313,7 +313,7 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     let (pages, _, bad) = dirty_status(&mut g);
     assert_eq!(
         (pages, bad),
-        (64 * 256, 0),
+        (8 * 256, 0),
         "every dirtied page arrived whole"
     );
     before = check_after(
