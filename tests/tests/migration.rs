@@ -332,7 +332,7 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
         "mig-b2",
         "vmtapmb",
         &uds_b,
-        &["--max-bandwidth", "16", "--downtime-ms", "100"],
+        &["--max-bandwidth", "4", "--downtime-ms", "100"],
     );
     let throttled = out.lines().any(|l| {
         l.split("throttle")
