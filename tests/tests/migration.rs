@@ -357,11 +357,7 @@ fn a_busy_guest_moves_between_processes_and_carries_on() {
     host("ip link del vmtapma; ip link del vmtapmb; ip link del brmig");
 }
 
-/// A soak: twenty moves take about five minutes of the emulated layer, more than its time
-/// budget leaves, so `cargo xtask test` does not run it; run it with
-/// `cargo xtask test --layer emulated --filter 'twenty_migrations --ignored'`.
 #[test]
-#[ignore = "soak: cargo xtask test --layer emulated --filter 'twenty_migrations --ignored'"]
 fn twenty_migrations_back_and_forth_each_verified() {
     let sock = vmm_tests::api::socket_path("mig-20-0");
     let mut g = boot(&sock, r#"{"vcpu_count": 1, "mem_size_mib": 128}"#, &[]);
