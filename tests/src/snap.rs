@@ -2,10 +2,14 @@
 //! creating and loading snapshots with Firecracker's request bodies, and reading the
 //! `vmm-guest-tool hold` workload's status.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::api::{curl, socket_path, wait_ready};
-use crate::guest::{Guest, artifact};
+use crate::guest::{Guest, PATIENCE, artifact};
 
 /// A fresh scratch directory for one test.
 pub fn scratch(tag: &str) -> PathBuf {
@@ -128,4 +132,57 @@ pub fn hold_status(g: &mut Guest) -> Hold {
         sum: field("sum"),
         expected: field("expected"),
     }
+}
+
+/// Runs `cmd` with `sh -c` on the host, which must succeed.
+pub fn host(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Connects through the hybrid socket to the guest's `port`.
+pub fn connect_guest(uds: &Path, port: u32) -> UnixStream {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut s = UnixStream::connect(uds).expect("connect to uds_path");
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .expect("send CONNECT");
+        let mut line = String::new();
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        if r.read_line(&mut line).is_ok() && line.starts_with("OK ") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest listener never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `text` to a guest echo service and checks it comes back.
+pub fn echo(s: &mut UnixStream, text: &str) {
+    s.write_all(text.as_bytes()).expect("write to the guest");
+    let mut back = vec![0u8; text.len()];
+    s.read_exact(&mut back).expect("read the echo");
+    assert_eq!(back, text.as_bytes());
+}
+
+/// The lines of the guest's `/mnt/grow` and how many are not `line`.
+pub fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
+    let out = g.sh("wc -l < /mnt/grow; grep -vc '^line$' /mnt/grow");
+    let n = |i: usize| {
+        out.get(i)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a count")
+    };
+    (n(0), n(1))
 }

@@ -6,65 +6,13 @@
 //! never went backwards.
 #![cfg(target_arch = "aarch64")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use vmm_tests::api::get_json;
-use vmm_tests::guest::{Guest, PATIENCE, artifact};
+use vmm_tests::guest::{Guest, artifact};
 use vmm_tests::migrate::{dirty_status, free_port, receive, report, send, start_dirtier};
-use vmm_tests::snap::{boot, hold_status, scratch};
-
-fn host(cmd: &str) {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn connect_guest(uds: &Path, port: u32) -> UnixStream {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut s = UnixStream::connect(uds).expect("connect to uds_path");
-        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
-        s.write_all(format!("CONNECT {port}\n").as_bytes())
-            .expect("send CONNECT");
-        let mut line = String::new();
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        if r.read_line(&mut line).is_ok() && line.starts_with("OK ") {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest listener never accepted"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn echo(s: &mut UnixStream, text: &str) {
-    s.write_all(text.as_bytes()).expect("write to the guest");
-    let mut back = vec![0u8; text.len()];
-    s.read_exact(&mut back).expect("read the echo");
-    assert_eq!(back, text.as_bytes());
-}
-
-fn lines_of_grow(g: &mut Guest) -> (u64, u64) {
-    let out = g.sh("wc -l < /mnt/grow; grep -vc '^line$' /mnt/grow");
-    let n = |i: usize| {
-        out.get(i)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("a count")
-    };
-    (n(0), n(1))
-}
+use vmm_tests::snap::{boot, connect_guest, echo, hold_status, host, lines_of_grow, scratch};
 
 /// A packet socket on `ifname` that receives RARP frames (what a migrated guest's VMM
 /// broadcasts from the guest's MAC).
