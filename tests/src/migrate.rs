@@ -135,3 +135,22 @@ pub fn destination_failed(d: Guest, what: &str) -> String {
 pub fn dest_addr(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// Moves the guest of `g` (whose API is at `sock`) to a new healthy destination, which must
+/// succeed, then checks the guest there (pattern, clock, the dirtier's pages) and powers it
+/// off: the last step of the failure tests.
+pub fn moves_to_a_healthy_destination(g: Guest, sock: &Path) {
+    let port = free_port();
+    let (mut d, _) = receive(&format!("mig-f-ok{port}"), port, &[]);
+    let sent = send(sock, port, &[]);
+    assert_eq!(sent.code, Some(0), "{}{}", sent.stdout, sent.stderr);
+    let (status, stderr) = g.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let hold = crate::snap::hold_status(&mut d);
+    assert!(hold.ok(), "{hold:?}");
+    let (_, _, bad) = dirty_status(&mut d);
+    assert_eq!(bad, 0);
+    d.send("poweroff -f\n");
+    let (status, stderr) = d.wait_exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use migration::protocol::{Message, MessageType, read_message, write_message};
 use vmm_tests::api::curl;
 use vmm_tests::migrate::{
-    dest_addr, destination_failed, dirty_status, free_port, receive, send, source_runs_on,
-    start_dirtier,
+    dest_addr, destination_failed, dirty_status, free_port, moves_to_a_healthy_destination,
+    receive, send, source_runs_on, start_dirtier,
 };
 use vmm_tests::relay::{Fault, Relay, Trigger};
 use vmm_tests::snap::{boot, hold_status, scratch};
@@ -162,19 +162,7 @@ fn a_killed_refusing_cancelled_or_timed_out_destination_leaves_the_source_runnin
     assert_eq!(bad, 0, "the dirtier's pages on the source");
 
     // And after all that, a healthy destination takes the guest.
-    let port = free_port();
-    let (mut d, _) = receive(&format!("mig-f-ok{port}"), port, &[]);
-    let sent = send(&sock, port, &[]);
-    assert_eq!(sent.code, Some(0), "{}{}", sent.stdout, sent.stderr);
-    let (status, stderr) = g.wait_exit();
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    let hold = hold_status(&mut d);
-    assert!(hold.ok(), "{hold:?}");
-    let (_, _, bad) = dirty_status(&mut d);
-    assert_eq!(bad, 0);
-    d.send("poweroff -f\n");
-    let (status, stderr) = d.wait_exit();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    moves_to_a_healthy_destination(g, &sock);
 }
 
 fn report_state(sock: &Path) -> String {
