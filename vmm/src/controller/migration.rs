@@ -5,7 +5,6 @@
 
 use super::{BEFORE_START, Backend, Controller};
 use crate::api::migration::{ReceiveParams, SendParams};
-use crate::api::model::{BootSource, MachineConfig};
 use crate::api::router::ApiRequest;
 use crate::config::VmConfig;
 
@@ -83,20 +82,7 @@ impl<B: Backend> Controller<B> {
 
     /// Takes in the guest an incoming migration brought, running, built from `cfg`.
     pub fn adopt(&mut self, vm: B::Vm, cfg: VmConfig) {
-        self.boot_source = Some(BootSource {
-            kernel_image_path: cfg.kernel.display().to_string(),
-            boot_args: Some(cfg.cmdline.clone()),
-            initrd_path: cfg.initrd.as_ref().map(|p| p.display().to_string()),
-        });
-        self.machine = MachineConfig {
-            vcpu_count: cfg.vcpus,
-            mem_size_mib: cfg.mem_mib,
-            track_dirty_pages: cfg.track_dirty_pages,
-            ..MachineConfig::default()
-        };
-        self.base = cfg;
-        self.vm = Some(vm);
-        self.paused = false;
+        self.install(vm, cfg, false);
     }
 
     /// The backend, for the VMM loop's own calls.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{BEFORE_START, Backend, Controller};
 use crate::api::model::{BootSource, MachineConfig};
 use crate::api::snapshot::{SnapshotCreateParams, SnapshotLoadParams, SnapshotType};
+use crate::config::VmConfig;
 use crate::metrics::METRICS;
 
 /// Why a snapshot cannot be created while the VM runs.
@@ -15,6 +16,25 @@ pub const CREATE_NEEDS_PAUSE: &str =
     "the microVM must be paused to create a snapshot: PATCH /vm {\"state\": \"Paused\"} first";
 
 impl<B: Backend> Controller<B> {
+    /// Takes in a VM that did not boot here (loaded from a snapshot, or arrived by
+    /// migration), built from `cfg`: the instance reports `cfg` as its configuration.
+    pub(super) fn install(&mut self, vm: B::Vm, cfg: VmConfig, paused: bool) {
+        self.boot_source = Some(BootSource {
+            kernel_image_path: cfg.kernel.display().to_string(),
+            boot_args: Some(cfg.cmdline.clone()),
+            initrd_path: cfg.initrd.as_ref().map(|p| p.display().to_string()),
+        });
+        self.machine = MachineConfig {
+            vcpu_count: cfg.vcpus,
+            mem_size_mib: cfg.mem_mib,
+            track_dirty_pages: cfg.track_dirty_pages,
+            ..MachineConfig::default()
+        };
+        self.base = cfg;
+        self.vm = Some(vm);
+        self.paused = paused;
+    }
+
     /// Whether anything besides the logger and metrics was configured (or the VM started).
     pub(super) fn configured_anything(&self) -> bool {
         self.vm.is_some()
@@ -70,20 +90,7 @@ impl<B: Backend> Controller<B> {
             .latencies_us
             .load_snapshot
             .set(started.elapsed().as_micros() as u64);
-        self.boot_source = Some(BootSource {
-            kernel_image_path: cfg.kernel.display().to_string(),
-            boot_args: Some(cfg.cmdline.clone()),
-            initrd_path: cfg.initrd.as_ref().map(|p| p.display().to_string()),
-        });
-        self.machine = MachineConfig {
-            vcpu_count: cfg.vcpus,
-            mem_size_mib: cfg.mem_mib,
-            track_dirty_pages: cfg.track_dirty_pages,
-            ..MachineConfig::default()
-        };
-        self.base = cfg;
-        self.vm = Some(vm);
-        self.paused = !req.resume_vm;
+        self.install(vm, cfg, !req.resume_vm);
         Ok(())
     }
 }
